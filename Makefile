@@ -1,0 +1,57 @@
+# Weir: `make run` starts it, `make test` tests it. Everything else is a step of those two.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV   := .venv
+PY     := $(VENV)/bin/python
+WASM   := target/wasm32-wasip1/release/weir.wasm
+TARGET := wasm32-wasip1
+
+.PHONY: help run test unit integration lint fmt wasm bins venv wasm-target clean
+
+help:
+	@echo "make run    build Weir and start Envoy with it in front of the mock (or real) providers"
+	@echo "make test   run every test: lint, host unit tests, integration tests against a real Envoy"
+	@echo "make wasm   build $(WASM)"
+	@echo "make lint   cargo fmt --check and clippy (host and wasm)"
+
+# -- the two commands -------------------------------------------------------------------------
+run: wasm bins venv
+	@$(PY) tools/devstack.py run
+
+test: lint unit integration
+
+# -- steps ------------------------------------------------------------------------------------
+wasm-target:
+	@rustup target list --installed | grep -qx $(TARGET) || rustup target add $(TARGET)
+
+wasm: wasm-target
+	cargo build --target $(TARGET) --release --lib
+
+bins:
+	cargo build --bins
+
+$(VENV)/.installed: tools/requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tools/requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+unit:
+	cargo test --all-targets
+
+integration: wasm bins venv
+	$(PY) -m pytest -q tests
+
+lint: wasm-target
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --target $(TARGET) --lib -- -D warnings
+
+fmt:
+	cargo fmt
+
+clean:
+	cargo clean
+	rm -rf $(VENV) .run

@@ -1,0 +1,96 @@
+//! The audit record: exactly one JSON object per request, written through Envoy's access
+//! log. It never holds a secret: keys appear only by id.
+
+use serde::Serialize;
+
+use crate::usage::Usage;
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The provider answered and the response reached its end.
+    Completed,
+    /// Weir refused the request itself (auth, unknown model, bad input).
+    Denied,
+    /// The provider answered with an error status, or the upstream failed or reset.
+    UpstreamError,
+    /// The client went away before the response ended.
+    ClientAborted,
+    /// Weir failed internally and refused to forward (fail closed).
+    #[default]
+    Error,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AuditRecord {
+    /// RFC 3339, UTC, milliseconds: when the request arrived.
+    pub time: String,
+    pub request_id: String,
+    pub method: String,
+    /// Path without the query string (queries can carry credentials).
+    pub path: String,
+    pub endpoint: Option<&'static str>,
+    pub key_id: Option<String>,
+    pub team: Option<String>,
+    pub requested_model: Option<String>,
+    pub tier: Option<String>,
+    /// The model the provider said served the request, else the one Weir sent.
+    pub served_model: Option<String>,
+    pub provider: Option<String>,
+    pub cluster: Option<String>,
+    pub status: u32,
+    pub stream: bool,
+    /// Weir added `stream_options.include_usage` to get usage from the provider.
+    pub usage_requested_by_weir: bool,
+    pub outcome: Outcome,
+    /// Weir's error code when it refused (e.g. `invalid_api_key`), else null.
+    pub error: Option<&'static str>,
+    /// The message shown to the client when Weir refused.
+    pub reason: Option<String>,
+    /// Envoy's response code details (e.g. `upstream_reset_before_response_started{...}`).
+    pub detail: Option<String>,
+    pub usage: Option<Usage>,
+    pub duration_ms: f64,
+    /// Time to the first byte of the response headers, when there was a response.
+    pub ttfb_ms: Option<f64>,
+}
+
+impl AuditRecord {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// Milliseconds with microsecond precision, for readable JSON.
+pub fn millis(d: std::time::Duration) -> f64 {
+    (d.as_micros() as f64) / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serialises_every_field() {
+        let r = AuditRecord {
+            request_id: "r1".into(),
+            outcome: Outcome::ClientAborted,
+            usage: Some(Usage {
+                prompt_tokens: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let v: serde_json::Value = serde_json::from_slice(&r.to_json()).unwrap();
+        assert_eq!(v["outcome"], "client_aborted");
+        assert_eq!(v["usage"]["prompt_tokens"], 1);
+        assert!(v.get("key_id").unwrap().is_null());
+        assert_eq!(v.as_object().unwrap().len(), 22);
+    }
+
+    #[test]
+    fn millis_precision() {
+        assert_eq!(millis(std::time::Duration::from_micros(1500)), 1.5);
+    }
+}

@@ -1,0 +1,387 @@
+//! Reading an LLM request body once, without building a DOM: the top-level object is scanned
+//! with serde, the few fields Weir needs are kept as borrowed raw JSON with their byte
+//! ranges, everything else is skipped. Rewrites are splices into the original bytes, so
+//! fields Weir does not know pass through byte for byte.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::ops::Range;
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// Why a body was refused. The message is shown to the client, so it never quotes the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyError {
+    pub message: String,
+    pub param: Option<&'static str>,
+}
+
+impl BodyError {
+    fn new(message: impl Into<String>, param: Option<&'static str>) -> Self {
+        BodyError {
+            message: message.into(),
+            param,
+        }
+    }
+}
+
+/// A top-level field: its raw JSON text and where that text sits in the body.
+#[derive(Debug, Clone, Copy)]
+pub struct RawField<'a> {
+    pub raw: &'a RawValue,
+    pub start: usize,
+}
+
+impl<'a> RawField<'a> {
+    pub fn text(&self) -> &'a str {
+        self.raw.get()
+    }
+    pub fn range(&self) -> Range<usize> {
+        self.start..self.start + self.raw.get().len()
+    }
+}
+
+/// Scans the top-level JSON object of `body` and returns the raw value of each name in
+/// `wanted` (in the same order), or `None` where absent. A wanted name given twice is
+/// refused: Weir and the provider must never read different values of the same field.
+pub fn scan_object<'a, const N: usize>(
+    body: &'a [u8],
+    wanted: [&str; N],
+) -> Result<[Option<RawField<'a>>; N], BodyError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    match first {
+        None => {
+            return Err(BodyError::new(
+                "The request body is empty; a JSON object is required.",
+                None,
+            ))
+        }
+        Some(b'{') => {}
+        Some(_) => {
+            // Still tell "not JSON" from "JSON but not an object".
+            return Err(if serde_json::from_slice::<IgnoredAny>(body).is_ok() {
+                BodyError::new("The request body must be a JSON object.", None)
+            } else {
+                BodyError::new("The request body is not valid JSON.", None)
+            });
+        }
+    }
+    check_depth(body, MAX_DEPTH)?;
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let found = ScanSeed { wanted: &wanted }
+        .deserialize(&mut de)
+        .and_then(|found| de.end().map(|_| found))
+        .map_err(|e| {
+            let text = e.to_string();
+            if let Some(rest) = text.strip_prefix("duplicate field `") {
+                let field = rest.split('`').next().unwrap_or("");
+                BodyError::new(
+                    format!("The request body gives the field `{field}` more than once."),
+                    None,
+                )
+            } else if e.is_syntax() || e.is_eof() {
+                BodyError::new(format!("The request body is not valid JSON ({}).", e), None)
+            } else {
+                BodyError::new(format!("The request body could not be read ({}).", e), None)
+            }
+        })?;
+    let base = body.as_ptr() as usize;
+    let mut out = [None; N];
+    for (slot, raw) in out.iter_mut().zip(found) {
+        *slot = raw.map(|raw: &'a RawValue| RawField {
+            raw,
+            // The raw value borrows from `body`, so its address lies inside it.
+            start: raw.get().as_ptr() as usize - base,
+        });
+    }
+    Ok(out)
+}
+
+/// Deepest nesting accepted. Real requests (messages, tool schemas) stay far below; a
+/// deeper body is refused rather than handed to a provider's parser.
+pub const MAX_DEPTH: usize = 128;
+
+/// Refuses bodies nested deeper than `limit`. serde_json skips ignored values without a
+/// depth limit, so this one pass over the bytes (strings respected) enforces it.
+fn check_depth(body: &[u8], limit: usize) -> Result<(), BodyError> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in body {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > limit {
+                    return Err(BodyError::new(
+                        format!("The request body is nested deeper than {limit} levels."),
+                        None,
+                    ));
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+struct ScanSeed<'w, const N: usize> {
+    wanted: &'w [&'w str; N],
+}
+
+impl<'de, const N: usize> DeserializeSeed<'de> for ScanSeed<'_, N> {
+    type Value = [Option<&'de RawValue>; N];
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, const N: usize> Visitor<'de> for ScanSeed<'_, N> {
+    type Value = [Option<&'de RawValue>; N];
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = [None; N];
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            match self.wanted.iter().position(|w| *w == key) {
+                Some(i) => {
+                    if found[i].is_some() {
+                        return Err(de::Error::custom(format_args!("duplicate field `{key}`")));
+                    }
+                    found[i] = Some(map.next_value::<&'de RawValue>()?);
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// An object key, borrowed when it has no escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> de::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+/// The fields every LLM request shape shares and Weir needs to route it.
+#[derive(Debug, Clone)]
+pub struct LlmRequest<'a> {
+    pub model: String,
+    pub model_field: RawField<'a>,
+    pub stream: bool,
+    /// `stream_options` (OpenAI), when present.
+    pub stream_options: Option<RawField<'a>>,
+    /// Byte offset of the opening `{` of the top-level object.
+    pub object_start: usize,
+}
+
+pub const MAX_MODEL_LEN: usize = 256;
+
+/// Reads `model`, `stream` and `stream_options` from a request body.
+pub fn parse_llm_request(body: &[u8]) -> Result<LlmRequest<'_>, BodyError> {
+    let [model, stream, stream_options] = scan_object(body, ["model", "stream", "stream_options"])?;
+    let model_field = model
+        .ok_or_else(|| BodyError::new("You must provide a model parameter.", Some("model")))?;
+    let model: String = serde_json::from_str(model_field.text())
+        .map_err(|_| BodyError::new("The model parameter must be a string.", Some("model")))?;
+    if model.is_empty() || model.len() > MAX_MODEL_LEN {
+        return Err(BodyError::new(
+            format!("The model parameter must be 1 to {MAX_MODEL_LEN} characters long."),
+            Some("model"),
+        ));
+    }
+    let stream = match stream.map(|f| f.text()) {
+        None | Some("null") | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(BodyError::new(
+                "The stream parameter must be a boolean.",
+                Some("stream"),
+            ))
+        }
+    };
+    let object_start = body.iter().position(|b| *b == b'{').unwrap_or(0);
+    Ok(LlmRequest {
+        model,
+        model_field,
+        stream,
+        stream_options,
+        object_start,
+    })
+}
+
+/// One replacement of `range` in the original body by `with`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edit {
+    pub range: Range<usize>,
+    pub with: Vec<u8>,
+}
+
+/// Applies non-overlapping edits to `body` in one pass, into one new buffer.
+pub fn splice(body: &[u8], edits: &mut [Edit]) -> Vec<u8> {
+    edits.sort_by_key(|e| e.range.start);
+    let added: usize = edits.iter().map(|e| e.with.len()).sum();
+    let mut out = Vec::with_capacity(body.len() + added);
+    let mut at = 0;
+    for e in edits.iter() {
+        let start = e.range.start.clamp(at, body.len());
+        let end = e.range.end.clamp(start, body.len());
+        out.extend_from_slice(&body[at..start]);
+        out.extend_from_slice(&e.with);
+        at = end;
+    }
+    out.extend_from_slice(&body[at..]);
+    out
+}
+
+/// JSON string literal for `s`.
+pub fn json_string(s: &str) -> Vec<u8> {
+    // Serialising a &str cannot fail; fall back to an empty literal rather than panic.
+    serde_json::to_vec(s).unwrap_or_else(|_| b"\"\"".to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_fields_and_ranges() {
+        let body = br#" {"messages":[{"role":"user","content":"hi"}], "model" : "balanced", "stream":true}"#;
+        let req = parse_llm_request(body).unwrap();
+        assert_eq!(req.model, "balanced");
+        assert!(req.stream);
+        assert_eq!(&body[req.model_field.range()], br#""balanced""#);
+        assert_eq!(req.object_start, 1);
+    }
+
+    #[test]
+    fn escaped_model_and_keys() {
+        let body = br#"{"mod\u0065l":"bal\u0061nced"}"#;
+        let req = parse_llm_request(body).unwrap();
+        assert_eq!(req.model, "balanced");
+    }
+
+    #[test]
+    fn duplicate_model_is_refused() {
+        let e = parse_llm_request(br#"{"model":"fast","model":"best"}"#).unwrap_err();
+        assert!(
+            e.message.contains("`model` more than once"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn errors() {
+        assert!(parse_llm_request(b"")
+            .unwrap_err()
+            .message
+            .contains("empty"));
+        assert!(parse_llm_request(b"not json")
+            .unwrap_err()
+            .message
+            .contains("not valid JSON"));
+        assert!(parse_llm_request(b"[1,2]")
+            .unwrap_err()
+            .message
+            .contains("JSON object"));
+        assert!(parse_llm_request(br#"{"model":"a""#)
+            .unwrap_err()
+            .message
+            .contains("not valid JSON"));
+        assert!(parse_llm_request(br#"{"model":"a"} x"#)
+            .unwrap_err()
+            .message
+            .contains("not valid JSON"));
+        let e = parse_llm_request(br#"{"messages":[]}"#).unwrap_err();
+        assert_eq!(e.param, Some("model"));
+        let e = parse_llm_request(br#"{"model":5}"#).unwrap_err();
+        assert!(e.message.contains("must be a string"));
+        let e = parse_llm_request(br#"{"model":""}"#).unwrap_err();
+        assert_eq!(e.param, Some("model"));
+        let e = parse_llm_request(br#"{"model":"a","stream":"yes"}"#).unwrap_err();
+        assert_eq!(e.param, Some("stream"));
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let mut body = br#"{"model":"a","x":"#.to_vec();
+        body.extend(std::iter::repeat_n(b'[', 100_000));
+        body.extend(std::iter::repeat_n(b']', 100_000));
+        body.push(b'}');
+        let e = parse_llm_request(&body).unwrap_err();
+        assert!(e.message.contains("nested deeper"), "{}", e.message);
+        // Brackets inside strings do not count.
+        let ok = format!(r#"{{"model":"a","x":"{}"}}"#, "[".repeat(1000));
+        assert!(parse_llm_request(ok.as_bytes()).is_ok());
+        let nested = format!(
+            r#"{{"model":"a","x":{}1{}}}"#,
+            "[".repeat(100),
+            "]".repeat(100)
+        );
+        assert!(parse_llm_request(nested.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn splice_replaces_in_place() {
+        let body = br#"{"model":"balanced","x":1}"#;
+        let req = parse_llm_request(body).unwrap();
+        let mut edits = [Edit {
+            range: req.model_field.range(),
+            with: json_string("gpt-4o-mini"),
+        }];
+        assert_eq!(
+            splice(body, &mut edits),
+            br#"{"model":"gpt-4o-mini","x":1}"#.to_vec()
+        );
+    }
+
+    #[test]
+    fn splice_multiple_out_of_order() {
+        let mut edits = [
+            Edit {
+                range: 5..6,
+                with: b"Z".to_vec(),
+            },
+            Edit {
+                range: 1..1,
+                with: b"+".to_vec(),
+            },
+        ];
+        assert_eq!(splice(b"abcdefg", &mut edits), b"a+bcdeZg".to_vec());
+    }
+}

@@ -1,0 +1,460 @@
+//! The plugin configuration: the serde types operators write (as TOML, through the `weir`
+//! CLI) and the filter receives (as JSON), their validation, and the compiled form the
+//! filter uses per request. One schema for both, so the CLI refuses exactly what the
+//! filter would refuse.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::keys::{parse_key_hash, KeyHash, KeyIndex};
+
+/// The operator-facing configuration. `deny_unknown_fields` everywhere: a misspelt option
+/// is an error, never silently ignored.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub gateway: GatewaySettings,
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
+    #[serde(default)]
+    pub tiers: BTreeMap<String, TierConfig>,
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySettings {
+    /// Largest request body Weir reads, in bytes. Larger bodies get 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// The request header the filter sets and the Envoy route reads with `cluster_header`.
+    #[serde(default = "default_cluster_header")]
+    pub cluster_header: String,
+    /// Filter-state key of the audit record (`%FILTER_STATE(wasm.<key>:PLAIN)%`).
+    #[serde(default = "default_audit_property")]
+    pub audit_property: String,
+    /// Ask OpenAI-shaped providers for a usage chunk on streams (`stream_options.include_usage`).
+    #[serde(default = "default_true")]
+    pub stream_usage: bool,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        GatewaySettings {
+            max_body_bytes: default_max_body_bytes(),
+            cluster_header: default_cluster_header(),
+            audit_property: default_audit_property(),
+            stream_usage: true,
+        }
+    }
+}
+
+fn default_max_body_bytes() -> usize {
+    8 * 1024 * 1024
+}
+fn default_cluster_header() -> String {
+    "x-weir-cluster".to_string()
+}
+fn default_audit_property() -> String {
+    "weir_audit".to_string()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_anthropic_version() -> String {
+    "2023-06-01".to_string()
+}
+
+/// The wire format a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Api {
+    Openai,
+    Anthropic,
+}
+
+impl Api {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::Openai => "openai",
+            Api::Anthropic => "anthropic",
+        }
+    }
+}
+
+/// How the provider expects its credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthStyle {
+    /// `Authorization: Bearer <credential>` (OpenAI and compatible servers).
+    Bearer,
+    /// `x-api-key: <credential>` (Anthropic).
+    XApiKey,
+    /// `api-key: <credential>` (Azure OpenAI).
+    ApiKey,
+    /// No credential (self-hosted vLLM, TGI, ...).
+    None,
+}
+
+/// A secret string: serialised as itself (the bundle must carry it to the filter) but never
+/// shown by `Debug`, so it cannot leak through a log line or an error message.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub api: Api,
+    /// The Envoy cluster that reaches this provider.
+    pub cluster: String,
+    pub auth: AuthStyle,
+    /// The credential itself. Only the bundle carries it: operators name `credential_env`
+    /// or `credential_file` and `weir bundle` resolves them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_file: Option<String>,
+    /// `anthropic-version` sent when the client did not send one (Anthropic only).
+    #[serde(default = "default_anthropic_version")]
+    pub anthropic_version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub targets: Vec<TargetConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    pub provider: String,
+    pub model: String,
+    /// Overrides the provider's cluster for this target (e.g. a regional deployment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Stable, non-secret identifier: what audit records and logs show.
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub team: String,
+    /// `sha256:<64 hex>` of the secret. The secret itself is never stored.
+    pub hash: String,
+}
+
+/// A configuration error, with the path of the offending field so the operator can find it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(path: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        path: path.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Provider as the filter uses it: the credential header is ready to set.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub name: String,
+    pub api: Api,
+    pub cluster: String,
+    /// `(header name, header value)`; `None` for `auth = "none"`.
+    pub credential_header: Option<(&'static str, Secret)>,
+    pub anthropic_version: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub provider: usize,
+    pub model: String,
+    pub cluster: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tier {
+    pub name: String,
+    pub targets: Vec<Target>,
+}
+
+/// The compiled configuration: everything a request needs, indexed, built once per VM.
+#[derive(Debug)]
+pub struct Gateway {
+    pub settings: GatewaySettings,
+    pub providers: Vec<Provider>,
+    pub tiers: HashMap<String, Tier>,
+    pub keys: KeyIndex,
+}
+
+/// Names that end up in headers, stats or JSON: keep them plain.
+fn check_name(path: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/' | b':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(err(
+            path,
+            format!(
+                "{name:?} must be 1-128 characters of letters, digits, '-', '_', '.', '/', ':'"
+            ),
+        ))
+    }
+}
+
+fn check_header_value(path: &str, value: &str) -> Result<(), ConfigError> {
+    if value.is_empty() || value.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        return Err(err(
+            path,
+            "must be non-empty and contain no control characters",
+        ));
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Parses the JSON plugin configuration the filter receives.
+    pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
+        serde_json::from_slice(bytes).map_err(|e| err("configuration", e.to_string()))
+    }
+
+    /// Validates and indexes the configuration. Every reference must resolve and every
+    /// provider that needs a credential must have one.
+    pub fn compile(&self) -> Result<Gateway, ConfigError> {
+        let g = &self.gateway;
+        if g.max_body_bytes == 0 {
+            return Err(err("gateway.max_body_bytes", "must be greater than 0"));
+        }
+        check_name("gateway.cluster_header", &g.cluster_header)?;
+        if g.cluster_header.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(err("gateway.cluster_header", "must be lower case"));
+        }
+        check_name("gateway.audit_property", &g.audit_property)?;
+
+        let mut providers = Vec::with_capacity(self.providers.len());
+        let mut provider_index = HashMap::new();
+        for (name, p) in &self.providers {
+            let path = format!("providers.{name}");
+            check_name(&path, name)?;
+            check_name(&format!("{path}.cluster"), &p.cluster)?;
+            check_header_value(&format!("{path}.anthropic_version"), &p.anthropic_version)?;
+            let header_name = match p.auth {
+                AuthStyle::None => None,
+                AuthStyle::Bearer => Some("authorization"),
+                AuthStyle::XApiKey => Some("x-api-key"),
+                AuthStyle::ApiKey => Some("api-key"),
+            };
+            let credential_header = match header_name {
+                None => None,
+                Some(header) => {
+                    let cpath = format!("{path}.credential");
+                    let secret = p.credential.as_ref().ok_or_else(|| {
+                        err(
+                            &cpath,
+                            "missing: auth needs a credential (set credential_env or \
+                             credential_file and build the bundle with `weir bundle`)",
+                        )
+                    })?;
+                    check_header_value(&cpath, &secret.0)
+                        .map_err(|_| err(&cpath, "is empty or has control characters"))?;
+                    let value = match p.auth {
+                        AuthStyle::Bearer => format!("Bearer {}", secret.0),
+                        _ => secret.0.clone(),
+                    };
+                    Some((header, Secret(value)))
+                }
+            };
+            provider_index.insert(name.as_str(), providers.len());
+            providers.push(Provider {
+                name: name.clone(),
+                api: p.api,
+                cluster: p.cluster.clone(),
+                credential_header,
+                anthropic_version: p.anthropic_version.clone(),
+            });
+        }
+
+        let mut tiers = HashMap::with_capacity(self.tiers.len());
+        for (name, t) in &self.tiers {
+            let path = format!("tiers.{name}");
+            check_name(&path, name)?;
+            if t.targets.is_empty() {
+                return Err(err(
+                    format!("{path}.targets"),
+                    "must list at least one target",
+                ));
+            }
+            let mut targets = Vec::with_capacity(t.targets.len());
+            for (i, target) in t.targets.iter().enumerate() {
+                let tpath = format!("{path}.targets[{i}]");
+                let provider = *provider_index
+                    .get(target.provider.as_str())
+                    .ok_or_else(|| {
+                        err(
+                            format!("{tpath}.provider"),
+                            format!("unknown provider {:?}", target.provider),
+                        )
+                    })?;
+                if target.model.is_empty() || target.model.len() > 256 {
+                    return Err(err(format!("{tpath}.model"), "must be 1-256 characters"));
+                }
+                let cluster = match &target.cluster {
+                    Some(c) => {
+                        check_name(&format!("{tpath}.cluster"), c)?;
+                        c.clone()
+                    }
+                    None => providers[provider].cluster.clone(),
+                };
+                targets.push(Target {
+                    provider,
+                    model: target.model.clone(),
+                    cluster,
+                });
+            }
+            tiers.insert(
+                name.clone(),
+                Tier {
+                    name: name.clone(),
+                    targets,
+                },
+            );
+        }
+
+        let mut keys = KeyIndex::with_capacity(self.keys.len());
+        for (i, k) in self.keys.iter().enumerate() {
+            let path = format!("keys[{i}]");
+            check_name(&format!("{path}.id"), &k.id)?;
+            check_name(&format!("{path}.team"), &k.team)?;
+            let hash: KeyHash =
+                parse_key_hash(&k.hash).map_err(|reason| err(format!("{path}.hash"), reason))?;
+            keys.insert(hash, &k.id, &k.team)
+                .map_err(|reason| err(&path, reason))?;
+        }
+
+        Ok(Gateway {
+            settings: g.clone(),
+            providers,
+            tiers,
+            keys,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::hash_secret_hex;
+
+    fn sample() -> Config {
+        let json = format!(
+            r#"{{
+              "providers": {{
+                "openai": {{"api": "openai", "cluster": "openai", "auth": "bearer", "credential": "sk-test"}},
+                "local": {{"api": "openai", "cluster": "vllm", "auth": "none"}}
+              }},
+              "tiers": {{
+                "balanced": {{"targets": [{{"provider": "openai", "model": "gpt-4o-mini"}}]}},
+                "fast": {{"targets": [{{"provider": "local", "model": "llama", "cluster": "vllm-eu"}}]}}
+              }},
+              "keys": [{{"id": "k1", "team": "t1", "hash": "sha256:{}"}}]
+            }}"#,
+            hash_secret_hex("wk_test_1")
+        );
+        Config::from_json(json.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn compiles_sample() {
+        let g = sample().compile().unwrap();
+        assert_eq!(g.providers.len(), 2);
+        let openai = &g.providers[g.tiers["balanced"].targets[0].provider];
+        let (name, value) = openai.credential_header.as_ref().unwrap();
+        assert_eq!(*name, "authorization");
+        assert_eq!(value.0, "Bearer sk-test");
+        assert_eq!(g.tiers["fast"].targets[0].cluster, "vllm-eu");
+        assert!(g.keys.lookup("wk_test_1").is_some());
+        assert_eq!(g.settings.cluster_header, "x-weir-cluster");
+    }
+
+    #[test]
+    fn unknown_field_is_refused() {
+        let e = Config::from_json(br#"{"tiers": {}, "tierz": {}}"#).unwrap_err();
+        assert!(e.reason.contains("tierz"), "{e}");
+    }
+
+    #[test]
+    fn unknown_provider_names_the_path() {
+        let mut c = sample();
+        c.tiers.get_mut("balanced").unwrap().targets[0].provider = "nope".into();
+        let e = c.compile().unwrap_err();
+        assert_eq!(e.path, "tiers.balanced.targets[0].provider");
+    }
+
+    #[test]
+    fn missing_credential_is_refused() {
+        let mut c = sample();
+        c.providers.get_mut("openai").unwrap().credential = None;
+        let e = c.compile().unwrap_err();
+        assert_eq!(e.path, "providers.openai.credential");
+        assert!(!e.to_string().contains("sk-test"));
+    }
+
+    #[test]
+    fn bad_hash_and_duplicate_keys_are_refused() {
+        let mut c = sample();
+        c.keys[0].hash = "sha256:abc".into();
+        assert_eq!(c.compile().unwrap_err().path, "keys[0].hash");
+        let mut c = sample();
+        let dup = c.keys[0].clone();
+        c.keys.push(dup);
+        assert_eq!(c.compile().unwrap_err().path, "keys[1]");
+    }
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let c = sample();
+        let dbg = format!("{:?}", c.compile().unwrap().providers);
+        assert!(!dbg.contains("sk-test"), "{dbg}");
+    }
+
+    #[test]
+    fn empty_tier_is_refused() {
+        let mut c = sample();
+        c.tiers.get_mut("fast").unwrap().targets.clear();
+        assert_eq!(c.compile().unwrap_err().path, "tiers.fast.targets");
+    }
+}

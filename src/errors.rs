@@ -1,0 +1,128 @@
+//! Errors Weir answers itself, rendered in the shape of the API the client called.
+
+use crate::config::Api;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// 400: the body is not JSON, a field is missing or of the wrong type.
+    BadRequest,
+    /// 401: no key, unknown key.
+    Unauthorized,
+    /// 404: unknown model or tier.
+    ModelNotFound,
+    /// 404: an endpoint Weir does not serve.
+    EndpointNotFound,
+    /// 405: the endpoint exists, the method does not.
+    MethodNotAllowed,
+    /// 413: body over the configured limit.
+    PayloadTooLarge,
+    /// 500: Weir itself failed; the request is not forwarded.
+    Internal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayError {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub param: Option<&'static str>,
+}
+
+impl GatewayError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        GatewayError {
+            kind,
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    pub fn with_param(mut self, param: Option<&'static str>) -> Self {
+        self.param = param;
+        self
+    }
+
+    pub fn status(&self) -> u32 {
+        match self.kind {
+            ErrorKind::BadRequest => 400,
+            ErrorKind::Unauthorized => 401,
+            ErrorKind::ModelNotFound | ErrorKind::EndpointNotFound => 404,
+            ErrorKind::MethodNotAllowed => 405,
+            ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::Internal => 500,
+        }
+    }
+
+    /// A short machine-readable code, also used as the audit record's `error` field.
+    pub fn code(&self) -> &'static str {
+        match self.kind {
+            ErrorKind::BadRequest => "invalid_request",
+            ErrorKind::Unauthorized => "invalid_api_key",
+            ErrorKind::ModelNotFound => "model_not_found",
+            ErrorKind::EndpointNotFound => "unknown_url",
+            ErrorKind::MethodNotAllowed => "method_not_allowed",
+            ErrorKind::PayloadTooLarge => "request_too_large",
+            ErrorKind::Internal => "internal_error",
+        }
+    }
+
+    /// The JSON error body in the client's API shape.
+    pub fn render(&self, api: Api) -> Vec<u8> {
+        let value = match api {
+            Api::Openai => {
+                let error_type = match self.kind {
+                    ErrorKind::Internal => "server_error",
+                    _ => "invalid_request_error",
+                };
+                serde_json::json!({
+                    "error": {
+                        "message": self.message,
+                        "type": error_type,
+                        "param": self.param,
+                        "code": self.code(),
+                    }
+                })
+            }
+            Api::Anthropic => {
+                let error_type = match self.kind {
+                    ErrorKind::BadRequest | ErrorKind::MethodNotAllowed => "invalid_request_error",
+                    ErrorKind::Unauthorized => "authentication_error",
+                    ErrorKind::ModelNotFound | ErrorKind::EndpointNotFound => "not_found_error",
+                    ErrorKind::PayloadTooLarge => "request_too_large",
+                    ErrorKind::Internal => "api_error",
+                };
+                serde_json::json!({
+                    "type": "error",
+                    "error": {"type": error_type, "message": self.message}
+                })
+            }
+        };
+        serde_json::to_vec(&value).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    #[test]
+    fn openai_shape() {
+        let e = GatewayError::new(ErrorKind::ModelNotFound, "nope").with_param(Some("model"));
+        let v: Value = serde_json::from_slice(&e.render(Api::Openai)).unwrap();
+        assert_eq!(v["error"]["message"], "nope");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["param"], "model");
+        assert_eq!(v["error"]["code"], "model_not_found");
+        assert_eq!(e.status(), 404);
+    }
+
+    #[test]
+    fn anthropic_shape() {
+        let e = GatewayError::new(ErrorKind::Unauthorized, "no key");
+        let v: Value = serde_json::from_slice(&e.render(Api::Anthropic)).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "authentication_error");
+        assert_eq!(v["error"]["message"], "no key");
+        assert_eq!(e.status(), 401);
+    }
+}

@@ -1,0 +1,397 @@
+//! One request through Weir: authenticate in the headers phase, route and rewrite in the
+//! body phase, meter the response as it streams by, write one audit record in the log phase.
+
+use std::rc::Rc;
+use std::time::SystemTime;
+
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+
+use super::host::{self, REQUEST_BODY, REQUEST_HEADERS, RESPONSE_BODY, RESPONSE_HEADERS};
+use crate::audit::{millis, AuditRecord, Outcome};
+use crate::body::{json_string, parse_llm_request, splice, Edit};
+use crate::config::{Api, Gateway};
+use crate::endpoint::{error_api, Endpoint};
+use crate::errors::{ErrorKind, GatewayError};
+use crate::keys::{presented_key, PresentedKey};
+use crate::providers::{openai, ResponseMeter};
+use crate::routing::route;
+
+/// Client headers that carry the client's own credential: never forwarded.
+const CLIENT_CREDENTIAL_HEADERS: [&str; 2] = ["authorization", "x-api-key"];
+/// Weir's request-id directive and response header.
+const REQUEST_ID_HEADER: &str = "x-weir-request-id";
+/// A copy of a buffered response larger than this is not kept for accounting.
+const MAX_METERED_JSON: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Headers not yet seen.
+    Start,
+    /// Authenticated; the body is being buffered.
+    AwaitingBody,
+    /// Handed to the router.
+    Forwarded,
+    /// Weir answered itself.
+    Answered,
+}
+
+pub struct WeirHttp {
+    gateway: Option<Rc<Gateway>>,
+    phase: Phase,
+    started: SystemTime,
+    /// The API the client speaks, for error shapes and response metering.
+    api: Api,
+    record: AuditRecord,
+    meter: Option<ResponseMeter>,
+    response_complete: bool,
+}
+
+impl WeirHttp {
+    pub fn new(gateway: Option<Rc<Gateway>>) -> Self {
+        WeirHttp {
+            gateway,
+            phase: Phase::Start,
+            started: SystemTime::UNIX_EPOCH,
+            api: Api::Openai,
+            record: AuditRecord::default(),
+            meter: None,
+            response_complete: false,
+        }
+    }
+
+    /// Answers with `error` in the client's API shape and records why.
+    fn reject(&mut self, error: GatewayError) -> Action {
+        let status = error.status();
+        self.record.outcome = match error.kind {
+            ErrorKind::Internal => Outcome::Error,
+            _ => Outcome::Denied,
+        };
+        self.record.error = Some(error.code());
+        self.record.reason = Some(error.message.clone());
+        self.phase = Phase::Answered;
+        let body = error.render(self.api);
+        let headers = [
+            ("content-type", "application/json"),
+            (REQUEST_ID_HEADER, self.record.request_id.as_str()),
+        ];
+        let details = format!("weir_{}", error.code());
+        if let Err(status_code) = host::send_local_response(status, &headers, &body, &details) {
+            log::error!("weir: local reply failed with status {status_code}");
+        }
+        Action::Pause
+    }
+
+    fn internal(&mut self, what: &str, status: u32) -> Action {
+        log::error!("weir: {what} failed with host status {status}");
+        self.reject(GatewayError::new(
+            ErrorKind::Internal,
+            "Weir could not process the request; it was not forwarded.",
+        ))
+    }
+
+    fn on_request_headers(&mut self, end_of_stream: bool) -> Result<Action, Action> {
+        let path = host::header_str(REQUEST_HEADERS, ":path").unwrap_or_default();
+        let method = host::header_str(REQUEST_HEADERS, ":method").unwrap_or_default();
+        self.record.path = path
+            .split('?')
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(512)
+            .collect();
+        self.record.method = method.chars().take(16).collect();
+        self.api = error_api(
+            &path,
+            host::header(REQUEST_HEADERS, "anthropic-version").is_some(),
+        );
+
+        let Some(gateway) = self.gateway.clone() else {
+            return Err(self.reject(GatewayError::new(
+                ErrorKind::Internal,
+                "Weir has no valid configuration; the request was not forwarded.",
+            )));
+        };
+        // The route reads this header: a client must never choose the cluster itself.
+        host::remove_header(REQUEST_HEADERS, &gateway.settings.cluster_header)
+            .map_err(|s| self.internal("removing the cluster header", s))?;
+
+        self.record.request_id = match host::header(REQUEST_HEADERS, REQUEST_ID_HEADER) {
+            Some(id) => match valid_request_id(&id) {
+                Some(id) => id,
+                None => {
+                    self.record.request_id = envoy_request_id();
+                    return Err(self.reject(GatewayError::new(
+                        ErrorKind::BadRequest,
+                        "The x-weir-request-id header must be 1 to 128 characters of letters, \
+                             digits, '.', '_', ':' and '-'.",
+                    )));
+                }
+            },
+            None => envoy_request_id(),
+        };
+
+        let Some(endpoint) = Endpoint::classify(&path) else {
+            return Err(self.reject(GatewayError::new(
+                ErrorKind::EndpointNotFound,
+                format!(
+                    "Unknown request URL: {} {}. Weir serves POST /v1/chat/completions and POST /v1/messages.",
+                    crate::routing::printable(&self.record.method),
+                    crate::routing::printable(&self.record.path)
+                ),
+            )));
+        };
+        self.record.endpoint = Some(endpoint.name());
+        if method != "POST" {
+            return Err(self.reject(GatewayError::new(
+                ErrorKind::MethodNotAllowed,
+                format!("{} only accepts POST.", self.record.path),
+            )));
+        }
+
+        let authorization = host::header_str(REQUEST_HEADERS, "authorization");
+        let x_api_key = host::header_str(REQUEST_HEADERS, "x-api-key");
+        let entry = match presented_key(authorization.as_deref(), x_api_key.as_deref()) {
+            PresentedKey::Missing => {
+                return Err(self.reject(GatewayError::new(
+                    ErrorKind::Unauthorized,
+                    "You didn't provide an API key. Send it as `Authorization: Bearer <key>` or `x-api-key: <key>`.",
+                )))
+            }
+            PresentedKey::Malformed => {
+                return Err(self.reject(GatewayError::new(
+                    ErrorKind::Unauthorized,
+                    "The API key header is malformed. Send `Authorization: Bearer <key>` or `x-api-key: <key>`.",
+                )))
+            }
+            PresentedKey::Key(secret) => match gateway.keys.lookup(secret) {
+                Some(entry) => entry,
+                None => {
+                    return Err(self.reject(GatewayError::new(
+                        ErrorKind::Unauthorized,
+                        "Incorrect API key provided.",
+                    )))
+                }
+            },
+        };
+        self.record.key_id = Some(entry.id.clone());
+        self.record.team = Some(entry.team.clone());
+
+        for name in CLIENT_CREDENTIAL_HEADERS {
+            host::remove_header(REQUEST_HEADERS, name)
+                .map_err(|s| self.internal("removing the client credential", s))?;
+        }
+        if end_of_stream {
+            return Err(self.reject(GatewayError::new(
+                ErrorKind::BadRequest,
+                "The request has no body; a JSON object is required.",
+            )));
+        }
+        // The body will be rewritten: upstream gets it chunked rather than with a stale length.
+        host::remove_header(REQUEST_HEADERS, "content-length")
+            .map_err(|s| self.internal("removing content-length", s))?;
+        self.phase = Phase::AwaitingBody;
+        Ok(Action::Pause)
+    }
+
+    fn on_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Result<Action, Action> {
+        let Some(gateway) = self.gateway.clone() else {
+            return Err(self.internal("reading the configuration", 0));
+        };
+        if body_size > gateway.settings.max_body_bytes {
+            return Err(self.reject(GatewayError::new(
+                ErrorKind::PayloadTooLarge,
+                format!(
+                    "The request body is larger than the limit of {} bytes.",
+                    gateway.settings.max_body_bytes
+                ),
+            )));
+        }
+        if !end_of_stream {
+            return Ok(Action::Pause);
+        }
+        let body = host::buffer(REQUEST_BODY, 0, body_size).unwrap_or_default();
+        let request = parse_llm_request(&body).map_err(|e| {
+            self.reject(GatewayError::new(ErrorKind::BadRequest, e.message).with_param(e.param))
+        })?;
+        self.record.requested_model = Some(request.model.clone());
+        self.record.stream = request.stream;
+
+        let route = route(&gateway, self.api, &request.model).map_err(|e| self.reject(e))?;
+        let (mut edits, usage_added) = match self.api {
+            Api::Openai => {
+                openai::request_edits(&request, &route.target.model, gateway.settings.stream_usage)
+            }
+            Api::Anthropic => (
+                vec![Edit {
+                    range: request.model_field.range(),
+                    with: json_string(&route.target.model),
+                }],
+                false,
+            ),
+        };
+        let new_body = splice(&body, &mut edits);
+        host::set_buffer(REQUEST_BODY, 0, body_size, &new_body)
+            .map_err(|s| self.internal("replacing the request body", s))?;
+
+        let provider = route.provider;
+        host::set_header(
+            REQUEST_HEADERS,
+            &gateway.settings.cluster_header,
+            &route.target.cluster,
+        )
+        .map_err(|s| self.internal("setting the cluster header", s))?;
+        if let Some((name, value)) = &provider.credential_header {
+            host::set_header(REQUEST_HEADERS, name, &value.0)
+                .map_err(|s| self.internal("setting the provider credential", s))?;
+        }
+        if provider.api == Api::Anthropic
+            && host::header(REQUEST_HEADERS, "anthropic-version").is_none()
+        {
+            host::set_header(
+                REQUEST_HEADERS,
+                "anthropic-version",
+                &provider.anthropic_version,
+            )
+            .map_err(|s| self.internal("setting anthropic-version", s))?;
+        }
+        host::set_header(REQUEST_HEADERS, REQUEST_ID_HEADER, &self.record.request_id)
+            .map_err(|s| self.internal("setting the request id", s))?;
+        host::clear_route_cache().map_err(|s| self.internal("clearing the route cache", s))?;
+
+        self.record.tier = Some(route.tier.to_string());
+        self.record.served_model = Some(route.target.model.clone());
+        self.record.provider = Some(provider.name.clone());
+        self.record.cluster = Some(route.target.cluster.clone());
+        self.record.usage_requested_by_weir = usage_added;
+        self.phase = Phase::Forwarded;
+        Ok(Action::Continue)
+    }
+
+    fn finish_record(&mut self) {
+        let now = host::now();
+        self.record.status = host::property_u64(&["response", "code"]).unwrap_or(0) as u32;
+        self.record.detail = host::property(&["response", "code_details"])
+            .and_then(|d| String::from_utf8(d).ok())
+            .filter(|d| !d.is_empty());
+        if let Some(meter) = &mut self.meter {
+            if !self.response_complete {
+                // An aborted stream still counts what was seen; a partial JSON body has no usage.
+                meter.finish();
+            }
+            let facts = std::mem::take(&mut meter.facts);
+            self.record.usage = facts.usage;
+            if facts.served_model.is_some() {
+                self.record.served_model = facts.served_model;
+            }
+        }
+        self.record.outcome = match self.phase {
+            Phase::Answered => self.record.outcome,
+            Phase::Forwarded if self.response_complete => {
+                if (200..400).contains(&self.record.status) {
+                    Outcome::Completed
+                } else {
+                    Outcome::UpstreamError
+                }
+            }
+            Phase::Forwarded => {
+                let downstream = self
+                    .record
+                    .detail
+                    .as_deref()
+                    .is_some_and(|d| d.contains("downstream"));
+                if downstream || self.record.status == 0 {
+                    Outcome::ClientAborted
+                } else {
+                    Outcome::UpstreamError
+                }
+            }
+            Phase::Start | Phase::AwaitingBody => Outcome::ClientAborted,
+        };
+        self.record.duration_ms = millis(now.duration_since(self.started).unwrap_or_default());
+    }
+}
+
+impl Context for WeirHttp {}
+
+impl HttpContext for WeirHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.started = host::now();
+        self.record.time = humantime::format_rfc3339_millis(self.started).to_string();
+        self.on_request_headers(end_of_stream)
+            .unwrap_or_else(|action| action)
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.phase != Phase::AwaitingBody {
+            return Action::Continue;
+        }
+        self.on_request_body(body_size, end_of_stream)
+            .unwrap_or_else(|action| action)
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if self.phase != Phase::Forwarded {
+            return Action::Continue;
+        }
+        self.record.ttfb_ms = Some(millis(
+            host::now().duration_since(self.started).unwrap_or_default(),
+        ));
+        let streaming = host::header(RESPONSE_HEADERS, "content-type")
+            .is_some_and(|ct| ct.starts_with(b"text/event-stream"));
+        self.meter = Some(ResponseMeter::new(self.api, streaming, MAX_METERED_JSON));
+        if let Err(s) =
+            host::set_header(RESPONSE_HEADERS, REQUEST_ID_HEADER, &self.record.request_id)
+        {
+            log::warn!("weir: could not set the response request id (host status {s})");
+        }
+        if end_of_stream {
+            self.response_complete = true;
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if let Some(meter) = &mut self.meter {
+            if body_size > 0 {
+                if let Some(chunk) = host::buffer(RESPONSE_BODY, 0, body_size) {
+                    meter.feed(&chunk);
+                }
+            }
+            if end_of_stream {
+                meter.finish();
+                self.response_complete = true;
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        self.finish_record();
+        let property = self
+            .gateway
+            .as_ref()
+            .map(|g| g.settings.audit_property.clone())
+            .unwrap_or_else(|| "weir_audit".to_string());
+        if let Err(s) = host::set_property(&[property.as_str()], &self.record.to_json()) {
+            log::error!("weir: writing the audit record failed with host status {s}");
+        }
+    }
+}
+
+/// Envoy's request id (`x-request-id`, generated when the client sent none).
+fn envoy_request_id() -> String {
+    host::property(&["request", "id"])
+        .and_then(|v| String::from_utf8(v).ok())
+        .unwrap_or_default()
+}
+
+/// A client-supplied request id, if it is safe to log and echo.
+fn valid_request_id(raw: &[u8]) -> Option<String> {
+    let ok = !raw.is_empty()
+        && raw.len() <= 128
+        && raw
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    ok.then(|| String::from_utf8_lossy(raw).into_owned())
+}

@@ -1,0 +1,5 @@
+//! The proxy-wasm shell: host calls in, decisions from the pure core, host calls out.
+
+pub mod host;
+pub mod http;
+pub mod root;

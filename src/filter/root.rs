@@ -1,0 +1,50 @@
+//! The root context: one per VM. Compiles the configuration once and hands it to every
+//! request context.
+
+use std::rc::Rc;
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::ContextType;
+
+use super::host;
+use super::http::WeirHttp;
+use crate::config::{Config, Gateway};
+
+#[derive(Default)]
+pub struct WeirRoot {
+    gateway: Option<Rc<Gateway>>,
+}
+
+impl Context for WeirRoot {}
+
+impl RootContext for WeirRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = host::buffer(host::PLUGIN_CONFIGURATION, 0, usize::MAX).unwrap_or_default();
+        match Config::from_json(&bytes).and_then(|c| c.compile()) {
+            Ok(gateway) => {
+                log::info!(
+                    "weir: configuration loaded: {} providers, {} tiers, {} keys",
+                    gateway.providers.len(),
+                    gateway.tiers.len(),
+                    gateway.keys.len()
+                );
+                self.gateway = Some(Rc::new(gateway));
+                true
+            }
+            Err(e) => {
+                // Returning false makes Envoy refuse this configuration and keep the last good one.
+                log::error!("weir: configuration rejected: {e}");
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        // Always a context: without a configuration it fails closed on every request.
+        Some(Box::new(WeirHttp::new(self.gateway.clone())))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}

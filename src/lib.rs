@@ -1,0 +1,23 @@
+//! Weir: an AI gateway that runs inside Envoy as a proxy-wasm HTTP filter.
+//!
+//! Everything but `filter` is a pure core with no host calls, tested on the host.
+
+pub mod audit;
+pub mod body;
+pub mod config;
+pub mod endpoint;
+pub mod errors;
+pub mod keys;
+pub mod providers;
+pub mod routing;
+pub mod sse;
+pub mod usage;
+
+#[cfg(target_arch = "wasm32")]
+mod filter;
+
+#[cfg(target_arch = "wasm32")]
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+    proxy_wasm::set_root_context(|_| Box::new(filter::root::WeirRoot::default()));
+}}

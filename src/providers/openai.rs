@@ -1,0 +1,213 @@
+//! OpenAI Chat Completions: request rewrite (model, `stream_options.include_usage`) and usage
+//! in buffered JSON and in the SSE stream.
+
+use serde::Deserialize;
+
+use super::ResponseFacts;
+use crate::body::{json_string, Edit, LlmRequest};
+use crate::usage::{has_usage_object, Usage};
+
+#[derive(Debug, Default, Deserialize)]
+pub struct OpenAiUsage {
+    #[serde(default)]
+    pub prompt_tokens: Option<u64>,
+    #[serde(default)]
+    pub completion_tokens: Option<u64>,
+    #[serde(default)]
+    pub total_tokens: Option<u64>,
+    #[serde(default)]
+    pub prompt_tokens_details: Option<PromptDetails>,
+    #[serde(default)]
+    pub completion_tokens_details: Option<CompletionDetails>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct PromptDetails {
+    #[serde(default)]
+    pub cached_tokens: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct CompletionDetails {
+    #[serde(default)]
+    pub reasoning_tokens: Option<u64>,
+}
+
+impl OpenAiUsage {
+    pub fn to_usage(&self) -> Usage {
+        let prompt = self.prompt_tokens.unwrap_or(0);
+        let completion = self.completion_tokens.unwrap_or(0);
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: self
+                .total_tokens
+                .unwrap_or(prompt.saturating_add(completion)),
+            cached_tokens: self
+                .prompt_tokens_details
+                .as_ref()
+                .and_then(|d| d.cached_tokens)
+                .unwrap_or(0),
+            cache_write_tokens: 0,
+            reasoning_tokens: self
+                .completion_tokens_details
+                .as_ref()
+                .and_then(|d| d.reasoning_tokens)
+                .unwrap_or(0),
+        }
+    }
+}
+
+/// The parts of a completion (buffered) or chunk (streamed) Weir reads.
+#[derive(Debug, Deserialize)]
+struct CompletionFacts {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    usage: Option<OpenAiUsage>,
+}
+
+pub fn facts_from_json(body: &[u8]) -> ResponseFacts {
+    match serde_json::from_slice::<CompletionFacts>(body) {
+        Ok(c) => ResponseFacts {
+            usage: c.usage.map(|u| u.to_usage()),
+            served_model: c.model,
+        },
+        Err(_) => ResponseFacts::default(),
+    }
+}
+
+/// One `data:` payload of a Chat Completions stream.
+pub fn on_sse_event(facts: &mut ResponseFacts, data: &[u8]) {
+    if data == b"[DONE]" {
+        return;
+    }
+    // Chunks carry `"usage": null` until the last one: parse only the first chunk (for the
+    // model) and the chunk with a usage object.
+    if facts.served_model.is_some() && !has_usage_object(data) {
+        return;
+    }
+    if let Ok(chunk) = serde_json::from_slice::<CompletionFacts>(data) {
+        if facts.served_model.is_none() {
+            facts.served_model = chunk.model;
+        }
+        if let Some(u) = chunk.usage {
+            facts.usage = Some(u.to_usage());
+        }
+    }
+}
+
+/// The edits that turn the client's request into the provider's: the concrete model, and
+/// for streams a request for the final usage chunk. Returns whether usage was added.
+pub fn request_edits(
+    req: &LlmRequest<'_>,
+    model: &str,
+    want_stream_usage: bool,
+) -> (Vec<Edit>, bool) {
+    let mut edits = vec![Edit {
+        range: req.model_field.range(),
+        with: json_string(model),
+    }];
+    let mut usage_added = false;
+    if req.stream && want_stream_usage {
+        match req.stream_options {
+            None => {
+                let at = req.object_start + 1;
+                edits.push(Edit {
+                    range: at..at,
+                    with: br#""stream_options":{"include_usage":true},"#.to_vec(),
+                });
+                usage_added = true;
+            }
+            Some(field) => {
+                let mut options = match serde_json::from_str::<serde_json::Value>(field.text()) {
+                    Ok(serde_json::Value::Object(map)) => map,
+                    // null or another type: the provider will judge it; replace only null.
+                    Ok(serde_json::Value::Null) => serde_json::Map::new(),
+                    _ => return (edits, false),
+                };
+                if options.get("include_usage") != Some(&serde_json::Value::Bool(true)) {
+                    options.insert("include_usage".into(), serde_json::Value::Bool(true));
+                    if let Ok(text) = serde_json::to_vec(&options) {
+                        edits.push(Edit {
+                            range: field.range(),
+                            with: text,
+                        });
+                        usage_added = true;
+                    }
+                }
+            }
+        }
+    }
+    (edits, usage_added)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::body::{parse_llm_request, splice};
+    use serde_json::Value;
+
+    fn rewrite(body: &str, model: &str) -> (Value, bool) {
+        let req = parse_llm_request(body.as_bytes()).unwrap();
+        let (mut edits, added) = request_edits(&req, model, true);
+        let out = splice(body.as_bytes(), &mut edits);
+        (serde_json::from_slice(&out).unwrap(), added)
+    }
+
+    #[test]
+    fn rewrites_model_only_when_buffered() {
+        let (v, added) = rewrite(r#"{"model":"balanced","messages":[]}"#, "gpt-4o-mini");
+        assert_eq!(v["model"], "gpt-4o-mini");
+        assert!(v.get("stream_options").is_none());
+        assert!(!added);
+    }
+
+    #[test]
+    fn adds_stream_options() {
+        let (v, added) = rewrite(r#"{"model":"balanced","stream":true}"#, "m");
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert!(added);
+        let (v, added) = rewrite(
+            r#"{"model":"b","stream":true,"stream_options":{"include_usage":false,"x":1}}"#,
+            "m",
+        );
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["stream_options"]["x"], 1);
+        assert!(added);
+        let (v, added) = rewrite(r#"{"model":"b","stream":true,"stream_options":null}"#, "m");
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert!(added);
+        let (_, added) = rewrite(
+            r#"{"model":"b","stream":true,"stream_options":{"include_usage":true}}"#,
+            "m",
+        );
+        assert!(!added);
+    }
+
+    #[test]
+    fn usage_from_buffered_json() {
+        let body = br#"{"id":"x","model":"gpt-4o-mini-2024","choices":[],"usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15,"prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":2}}}"#;
+        let f = facts_from_json(body);
+        assert_eq!(f.served_model.as_deref(), Some("gpt-4o-mini-2024"));
+        let u = f.usage.unwrap();
+        assert_eq!(
+            (u.prompt_tokens, u.completion_tokens, u.total_tokens),
+            (10, 5, 15)
+        );
+        assert_eq!((u.cached_tokens, u.reasoning_tokens), (4, 2));
+    }
+
+    #[test]
+    fn usage_from_stream() {
+        let mut f = ResponseFacts::default();
+        on_sse_event(
+            &mut f,
+            br#"{"model":"m1","choices":[{"delta":{"content":"hi"}}],"usage":null}"#,
+        );
+        on_sse_event(&mut f, br#"{"model":"m1","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#);
+        on_sse_event(&mut f, b"[DONE]");
+        assert_eq!(f.served_model.as_deref(), Some("m1"));
+        assert_eq!(f.usage.unwrap().total_tokens, 5);
+    }
+}

