@@ -67,7 +67,7 @@ class Running:
     def stats(self) -> dict[str, int]:
         with urllib.request.urlopen(self.stack.admin + "/stats?format=json", timeout=5) as r:
             data = json.loads(r.read())
-        return {s["name"]: s.get("value", 0) for s in data["stats"] if "value" in s}
+        return {s["name"]: s["value"] for s in data["stats"] if "name" in s and "value" in s}
 
 
 @pytest.fixture(scope="session")

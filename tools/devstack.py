@@ -331,7 +331,7 @@ def main() -> int:
     run.add_argument("--config", type=Path, default=SAMPLE_CONFIG)
     run.add_argument("--port", type=int, default=int(os.environ.get("WEIR_PORT", "10000")))
     run.add_argument("--admin-port", type=int, default=int(os.environ.get("WEIR_ADMIN_PORT", "9901")))
-    run.add_argument("--workdir", type=Path, default=ROOT / ".run")
+    run.add_argument("--workdir", type=Path, default=Path(os.environ.get("WEIR_RUN_DIR", ROOT / ".run")))
     args = parser.parse_args()
 
     stack = Stack(args.workdir, config=args.config, real=real_providers_from_env(),
@@ -348,6 +348,7 @@ def main() -> int:
     except RuntimeError as e:
         print(f"weir: {e}", file=sys.stderr)
         return 1
+    (stack.workdir / "pids.json").write_text(json.dumps({"envoy": stack.envoy.pid, "mock": stack.mock.pid}))
     print(banner(stack), flush=True)
     try:
         while not stop["now"]:

@@ -1,0 +1,244 @@
+"""Running Weir: `make run`, real-provider configuration, the CLI, choosing the Envoy
+binary, and reloading the filter configuration without a restart."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+import devstack
+from conftest import DEMO_KEY, ROOT
+
+WEIR = str(devstack.WEIR_BIN)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purposes.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_make_run_serves_the_printed_examples_and_stops_on_ctrl_c(built, tmp_path):
+    port, admin = free_port(), free_port()
+    env = dict(os.environ, WEIR_PORT=str(port), WEIR_ADMIN_PORT=str(admin), WEIR_RUN_DIR=str(tmp_path))
+    env.pop("OPENAI_API_KEY", None)
+    env.pop("ANTHROPIC_API_KEY", None)
+    proc = subprocess.Popen(["make", "-s", "run"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    output = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            output.append(line)
+            if "Ctrl-C stops" in line:
+                break
+        banner = "".join(output)
+        assert "Ctrl-C stops" in banner, banner
+        assert f"http://127.0.0.1:{port}" in banner and DEMO_KEY in banner
+
+        # The curl example, pasted as printed.
+        curl = re.search(r"(  curl -s .*?)\n\n", banner, re.S).group(1)
+        result = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=30)
+        reply = json.loads(result.stdout)
+        assert reply["model"] == "gpt-4.1-mini" and reply["usage"]["total_tokens"] > 0
+
+        # The Python example, pasted as printed.
+        python = re.search(r"  (python3 - <<'PY'\n.*?\nPY)", banner, re.S).group(1)
+        python = python.replace("python3", str(ROOT / ".venv/bin/python"), 1)
+        result = subprocess.run(["bash", "-c", python], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert "Mock reply from gpt-4.1-mini" in result.stdout
+
+        pids = json.loads((tmp_path / "pids.json").read_text())
+        assert all(pid_alive(p) for p in pids.values())
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        rest, _ = proc.communicate(timeout=30)
+    assert "Stopping Envoy and the mock provider" in rest
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(pid_alive(p) for p in pids.values()):
+        time.sleep(0.1)
+    assert not any(pid_alive(p) for p in pids.values()), "Envoy or the mock survived Ctrl-C"
+
+
+def test_real_provider_configuration_is_valid_and_routes_to_the_provider_cluster(built, tmp_path, monkeypatch):
+    """No internet here: prove the TLS clusters validate and that requests go to them."""
+    openai_secret, anthropic_secret = "sk-test-openai-7f1e2d3c4b5a", "sk-ant-test-9a8b7c6d5e4f"
+    monkeypatch.setenv("OPENAI_API_KEY", openai_secret)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", anthropic_secret)
+    stack = devstack.Stack(tmp_path, real=("openai", "anthropic"))
+    try:
+        stack.start_mock()
+        assert stack.bundle().returncode == 0
+        rendered = stack.render().read_text()
+        for host in ("api.openai.com", "api.anthropic.com"):
+            assert f"sni: {host}" in rendered
+            assert f"address: {host}, port_value: 443" in rendered
+        result = stack.validate()
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "OK" in result.stdout
+
+        stack.start_envoy()
+        for path, tier, cluster in (("/v1/chat/completions", "balanced", "openai"), ("/v1/messages", "best", "anthropic")):
+            rid = f"real-{cluster}"
+            body = {"model": tier, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+            response = httpx.post(stack.url + path, json=body, timeout=30,
+                                  headers={"authorization": f"Bearer {DEMO_KEY}", "x-weir-request-id": rid})
+            assert response.status_code == 503  # no route to the internet from here
+            # Envoy's own error, in the client's API shape.
+            error = response.json()
+            if cluster == "openai":
+                assert error["error"]["type"] == "server_error"
+                assert error["error"]["code"] == "no_healthy_upstream"
+            else:
+                assert error["type"] == "error" and error["error"]["type"] == "api_error"
+            stats = httpx.get(stack.admin + "/stats?format=json").json()["stats"]
+            values = {s["name"]: s.get("value") for s in stats if "name" in s}
+            assert values[f"cluster.{cluster}.upstream_rq_503"] >= 1
+            assert values["cluster.local.upstream_rq_total"] == 0
+        time.sleep(0.5)
+        records = [json.loads(line) for line in stack.audit_log.read_text().splitlines()]
+        assert [(r["cluster"], r["outcome"]) for r in records] == [("openai", "upstream_error"), ("anthropic", "upstream_error")]
+        # The provider credentials are in the bundle (mode 0600) and nowhere they could leak.
+        assert stat.S_IMODE(stack.filter_config.stat().st_mode) == 0o600
+        for path in (stack.envoy_log, stack.audit_log, stack.envoy_yaml):
+            text = path.read_text()
+            assert openai_secret not in text and anthropic_secret not in text, path
+    finally:
+        stack.stop()
+
+
+def run_weir(*args, env=None, stdin=None):
+    return subprocess.run([WEIR, *args], capture_output=True, text=True, env=env, input=stdin)
+
+
+def test_cli_check_and_bundle(built, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")}
+    result = run_weir("check", "envoy/weir.toml", env=env)
+    assert result.returncode == 1
+    assert "providers.anthropic.credential_env: environment variable ANTHROPIC_API_KEY is not set" in result.stderr
+
+    env.update(OPENAI_API_KEY="sk-one", ANTHROPIC_API_KEY="sk-two")
+    result = run_weir("check", "envoy/weir.toml", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "ok (3 providers, 4 tiers, 1 keys)" in result.stdout
+
+    out = tmp_path / "bundle.json"
+    result = run_weir("bundle", "envoy/weir.toml", "--wasm", str(devstack.WASM), "--out", str(out), env=env)
+    assert result.returncode == 0, result.stderr
+    resource = json.loads(out.read_text())["resources"][0]
+    wasm = resource["typed_config"]["config"]
+    assert wasm["failure_policy"] == "FAIL_CLOSED" and wasm["allow_on_headers_stop_iteration"] is True
+    plugin = json.loads(wasm["configuration"]["value"])
+    assert plugin["providers"]["openai"]["credential"] == "sk-one"
+    assert "credential_env" not in plugin["providers"]["openai"]
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[tiers.x]\ntargets = [{ provider = "nope", model = "m" }]\n')
+    result = run_weir("check", str(bad), env=env)
+    assert result.returncode == 1 and "tiers.x.targets[0].provider: unknown provider \"nope\"" in result.stderr
+    bad.write_text('[gateway]\nmax_body_byte = 5\n')
+    result = run_weir("check", str(bad), env=env)
+    assert result.returncode == 1 and "max_body_byte" in result.stderr and "line 2" in result.stderr
+    bad.write_text('[providers.p]\napi = "openai"\ncluster = "c"\nauth = "bearer"\ncredential = "sk-in-file"\n')
+    result = run_weir("check", str(bad), env=env)
+    assert result.returncode == 1 and "do not belong in the configuration file" in result.stderr
+    assert "sk-in-file" not in result.stderr
+
+    result = run_weir("keys", "hash", stdin=DEMO_KEY + "\n")
+    assert result.stdout.strip() in (ROOT / "envoy/weir.toml").read_text()
+
+
+def test_envoy_binary_is_envoy_bin_else_func_e_else_the_pinned_package(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENVOY_BIN", "/opt/envoy/bin/envoy")
+    assert devstack.envoy_command() == ["/opt/envoy/bin/envoy"]
+    monkeypatch.delenv("ENVOY_BIN")
+    func_e = tmp_path / "func-e"
+    func_e.write_text("#!/bin/sh\n")
+    func_e.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    assert devstack.envoy_command() == [str(func_e), "run"]
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    [binary] = devstack.envoy_command()
+    assert binary.endswith("envoy/_bin/envoy")
+    assert devstack.ENVOY_VERSION in subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
+
+
+def test_filter_configuration_reloads_without_restart_and_bad_ones_are_refused(built, tmp_path):
+    stack = devstack.Stack(tmp_path)
+    try:
+        stack.start()
+        envoy_pid = stack.envoy.pid
+        body = {"model": "fast", "messages": [{"role": "user", "content": "hi"}]}
+
+        def status(key: str) -> int:
+            return httpx.post(stack.url + "/v1/chat/completions", json=body, timeout=10,
+                              headers={"authorization": f"Bearer {key}"}).status_code
+
+        assert status(DEMO_KEY) == 200
+        new_key = "wk_live_reloaded_5d4c3b2a"
+        config = (ROOT / "envoy/weir.toml").read_text()
+        demo_hash = re.search(r'hash = "(sha256:[0-9a-f]+)"', config).group(1)
+        new_hash = run_weir("keys", "hash", stdin=new_key).stdout.strip()
+        changed = tmp_path / "weir.toml"
+        changed.write_text(config.replace(demo_hash, new_hash))
+        assert stack.bundle(changed).returncode == 0
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and status(DEMO_KEY) != 401:
+            time.sleep(0.05)
+        assert status(DEMO_KEY) == 401 and status(new_key) == 200
+
+        # A configuration the filter refuses leaves the last good one in force.
+        resource = json.loads(stack.filter_config.read_text())
+        resource["resources"][0]["typed_config"]["config"]["configuration"]["value"] = '{"tiers": {"x": {"targets": []}}}'
+        tmp = stack.filter_config.with_suffix(".tmp")
+        tmp.write_text(json.dumps(resource))
+        tmp.rename(stack.filter_config)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "configuration rejected" not in stack.envoy_log.read_text():
+            time.sleep(0.05)
+        assert "weir: configuration rejected: tiers.x.targets: must list at least one target" in stack.envoy_log.read_text()
+        assert status(new_key) == 200 and status(DEMO_KEY) == 401
+        assert stack.envoy.pid == envoy_pid and stack.envoy.poll() is None
+    finally:
+        stack.stop()
+
+
+def test_minimal_envoy_example_in_the_readme_is_valid(built, tmp_path):
+    minimal = (ROOT / "envoy/minimal.yaml").read_text()
+    assert minimal in (ROOT / "README.md").read_text(), "README must show envoy/minimal.yaml as it is"
+    config = tmp_path / "minimal.yaml"
+    config.write_text(minimal.replace("/etc/envoy/weir.wasm", str(devstack.WASM)))
+    result = subprocess.run(devstack.envoy_command() + ["--mode", "validate", "-c", str(config), "--disable-hot-restart",
+                             "--base-id", str(devstack.unique_base_id())], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Validation runs Weir's on_configure: a broken configuration fails it.
+    config.write_text(config.read_text().replace('"auth": "none"', '"auth": "bearer"'))
+    result = subprocess.run(devstack.envoy_command() + ["--mode", "validate", "-c", str(config), "--disable-hot-restart",
+                             "--base-id", str(devstack.unique_base_id())], capture_output=True, text=True)
+    assert result.returncode != 0
