@@ -31,8 +31,14 @@ pub struct AuditRecord {
     /// Path without the query string (queries can carry credentials).
     pub path: String,
     pub endpoint: Option<&'static str>,
+    /// `api_key` or `jwt`: how the caller was identified.
+    pub identity: Option<&'static str>,
+    /// The key id, or `jwt:<subject>` for a JWT identity. Never the secret.
     pub key_id: Option<String>,
+    /// Set when a rotated key was used inside its overlap window: the key replacing it.
+    pub key_successor: Option<String>,
     pub team: Option<String>,
+    pub project: Option<String>,
     pub requested_model: Option<String>,
     pub tier: Option<String>,
     /// The model the provider said served the request, else the one Weir sent.
@@ -86,7 +92,7 @@ mod tests {
         assert_eq!(v["outcome"], "client_aborted");
         assert_eq!(v["usage"]["prompt_tokens"], 1);
         assert!(v.get("key_id").unwrap().is_null());
-        assert_eq!(v.as_object().unwrap().len(), 22);
+        assert_eq!(v.as_object().unwrap().len(), 25);
     }
 
     #[test]

@@ -8,7 +8,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::keys::{parse_key_hash, KeyHash, KeyIndex};
+use crate::keys::{parse_key_hash, parse_time, KeyEntry, KeyHash, KeyIndex};
+use crate::scopes::Scopes;
 
 /// The operator-facing configuration. `deny_unknown_fields` everywhere: a misspelt option
 /// is an error, never silently ignored.
@@ -23,6 +24,44 @@ pub struct Config {
     pub tiers: BTreeMap<String, TierConfig>,
     #[serde(default)]
     pub keys: Vec<KeyConfig>,
+    /// Caller identity from a JWT verified by Envoy's `jwt_authn` filter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtConfig>,
+}
+
+/// How to read a caller's identity from the JWT payload `jwt_authn` forwards.
+/// Envoy must remove any client-sent copy of `payload_header` before `jwt_authn` runs
+/// (see envoy/envoy.yaml), or a client could forge it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// `forward_payload_header` of the jwt_authn provider.
+    pub payload_header: String,
+    #[serde(default = "default_subject_claim")]
+    pub subject_claim: String,
+    /// Dotted paths reach nested claims (`org.team`).
+    #[serde(default = "default_team_claim")]
+    pub team_claim: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_team: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_claim: Option<String>,
+    /// A space-separated string or an array of Weir scopes; others are ignored.
+    #[serde(default = "default_scopes_claim")]
+    pub scopes_claim: String,
+    /// Scopes of a token without the scopes claim.
+    #[serde(default)]
+    pub default_scopes: Vec<String>,
+}
+
+fn default_subject_claim() -> String {
+    "sub".to_string()
+}
+fn default_team_claim() -> String {
+    "team".to_string()
+}
+fn default_scopes_claim() -> String {
+    "scope".to_string()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -158,8 +197,36 @@ pub struct KeyConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     pub team: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
     /// `sha256:<64 hex>` of the secret. The secret itself is never stored.
     pub hash: String,
+    /// Required: `*`, endpoint scopes (`chat`, `messages`, `models`, ...) and `model:<glob>`.
+    pub scopes: Vec<String>,
+    /// RFC 3339 UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub revoked: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
+    /// On a rotated key: the key that replaces it (its `expires_at` ends the overlap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub successor: Option<String>,
+    /// On a rotation's new key: the key it replaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predecessor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_policy: Option<String>,
+    /// Free metadata (plan, region, ...), passed to policies.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// A configuration error, with the path of the offending field so the operator can find it.
@@ -215,6 +282,7 @@ pub struct Gateway {
     pub providers: Vec<Provider>,
     pub tiers: HashMap<String, Tier>,
     pub keys: KeyIndex,
+    pub jwt: Option<JwtConfig>,
 }
 
 /// Names that end up in headers, stats or JSON: keep them plain.
@@ -354,15 +422,13 @@ impl Config {
             );
         }
 
-        let mut keys = KeyIndex::with_capacity(self.keys.len());
-        for (i, k) in self.keys.iter().enumerate() {
-            let path = format!("keys[{i}]");
-            check_name(&format!("{path}.id"), &k.id)?;
-            check_name(&format!("{path}.team"), &k.team)?;
-            let hash: KeyHash =
-                parse_key_hash(&k.hash).map_err(|reason| err(format!("{path}.hash"), reason))?;
-            keys.insert(hash, &k.id, &k.team)
-                .map_err(|reason| err(&path, reason))?;
+        let keys = compile_keys(&self.keys)?;
+        if let Some(jwt) = &self.jwt {
+            check_name("jwt.payload_header", &jwt.payload_header)?;
+            if jwt.payload_header.bytes().any(|b| b.is_ascii_uppercase()) {
+                return Err(err("jwt.payload_header", "must be lower case"));
+            }
+            Scopes::parse(&jwt.default_scopes).map_err(|e| err("jwt.default_scopes", e))?;
         }
 
         Ok(Gateway {
@@ -370,8 +436,89 @@ impl Config {
             providers,
             tiers,
             keys,
+            jwt: self.jwt.clone(),
         })
     }
+}
+
+/// Validates key records and builds the hash index. Used by the filter and by the CLI,
+/// which edits keys without needing provider credentials.
+pub fn compile_keys(records: &[KeyConfig]) -> Result<KeyIndex, ConfigError> {
+    let mut ids = std::collections::HashSet::with_capacity(records.len());
+    for k in records {
+        ids.insert(k.id.as_str());
+    }
+    let mut seen = std::collections::HashSet::with_capacity(records.len());
+    let mut keys = KeyIndex::with_capacity(records.len());
+    for (i, k) in records.iter().enumerate() {
+        let path = format!("keys[{i}]");
+        check_name(&format!("{path}.id"), &k.id)?;
+        if !seen.insert(k.id.as_str()) {
+            return Err(err(
+                format!("{path}.id"),
+                format!("duplicate key id {:?}", k.id),
+            ));
+        }
+        check_name(&format!("{path}.team"), &k.team)?;
+        if let Some(project) = &k.project {
+            check_name(&format!("{path}.project"), project)?;
+        }
+        let hash: KeyHash =
+            parse_key_hash(&k.hash).map_err(|reason| err(format!("{path}.hash"), reason))?;
+        let scopes =
+            Scopes::parse(&k.scopes).map_err(|reason| err(format!("{path}.scopes"), reason))?;
+        for (field, value) in [("created", &k.created), ("revoked_at", &k.revoked_at)] {
+            if let Some(text) = value {
+                parse_time(text).map_err(|reason| err(format!("{path}.{field}"), reason))?;
+            }
+        }
+        let expires_at = match &k.expires_at {
+            Some(text) => Some((
+                parse_time(text).map_err(|reason| err(format!("{path}.expires_at"), reason))?,
+                text.clone(),
+            )),
+            None => None,
+        };
+        for (field, other) in [("successor", &k.successor), ("predecessor", &k.predecessor)] {
+            if let Some(other) = other {
+                if !ids.contains(other.as_str()) {
+                    return Err(err(
+                        format!("{path}.{field}"),
+                        format!("no key has the id {other:?}"),
+                    ));
+                }
+            }
+        }
+        if k.successor.is_some() && expires_at.is_none() {
+            return Err(err(
+                format!("{path}.expires_at"),
+                "a rotated key (with a successor) needs expires_at: the end of its overlap window",
+            ));
+        }
+        for (name, value) in &k.metadata {
+            check_name(&format!("{path}.metadata"), name)?;
+            if value.len() > 256 || value.chars().any(char::is_control) {
+                return Err(err(
+                    format!("{path}.metadata.{name}"),
+                    "must be at most 256 characters, no control characters",
+                ));
+            }
+        }
+        let entry = KeyEntry {
+            id: k.id.clone(),
+            team: k.team.clone(),
+            project: k.project.clone(),
+            scopes,
+            expires_at,
+            revoked: k.revoked,
+            successor: k.successor.clone(),
+            default_policy: k.default_policy.clone(),
+            metadata: k.metadata.clone(),
+        };
+        keys.insert(hash, entry)
+            .map_err(|reason| err(&path, reason))?;
+    }
+    Ok(keys)
 }
 
 #[cfg(test)]
@@ -390,7 +537,7 @@ mod tests {
                 "balanced": {{"targets": [{{"provider": "openai", "model": "gpt-4o-mini"}}]}},
                 "fast": {{"targets": [{{"provider": "local", "model": "llama", "cluster": "vllm-eu"}}]}}
               }},
-              "keys": [{{"id": "k1", "team": "t1", "hash": "sha256:{}"}}]
+              "keys": [{{"id": "k1", "team": "t1", "hash": "sha256:{}", "scopes": ["*"]}}]
             }}"#,
             hash_secret_hex("wk_test_1")
         );
@@ -406,7 +553,8 @@ mod tests {
         assert_eq!(*name, "authorization");
         assert_eq!(value.0, "Bearer sk-test");
         assert_eq!(g.tiers["fast"].targets[0].cluster, "vllm-eu");
-        assert!(g.keys.lookup("wk_test_1").is_some());
+        let k = g.keys.get(g.keys.lookup("wk_test_1").unwrap()).unwrap();
+        assert_eq!((k.id.as_str(), k.team.as_str()), ("k1", "t1"));
         assert_eq!(g.settings.cluster_header, "x-weir-cluster");
     }
 
@@ -441,6 +589,11 @@ mod tests {
         let mut c = sample();
         let dup = c.keys[0].clone();
         c.keys.push(dup);
+        assert_eq!(c.compile().unwrap_err().path, "keys[1].id");
+        let mut c = sample();
+        let mut other = c.keys[0].clone();
+        other.id = "k2".into();
+        c.keys.push(other);
         assert_eq!(c.compile().unwrap_err().path, "keys[1]");
     }
 
@@ -449,6 +602,38 @@ mod tests {
         let c = sample();
         let dbg = format!("{:?}", c.compile().unwrap().providers);
         assert!(!dbg.contains("sk-test"), "{dbg}");
+    }
+
+    #[test]
+    fn key_fields_are_validated() {
+        let mut c = sample();
+        c.keys[0].scopes = vec!["chat".into(), "chatt".into()];
+        assert_eq!(c.compile().unwrap_err().path, "keys[0].scopes");
+        let mut c = sample();
+        c.keys[0].expires_at = Some("next week".into());
+        assert_eq!(c.compile().unwrap_err().path, "keys[0].expires_at");
+        let mut c = sample();
+        c.keys[0].successor = Some("k9".into());
+        assert_eq!(c.compile().unwrap_err().path, "keys[0].successor");
+        let mut c = sample();
+        c.keys[0].successor = Some("k1".into());
+        assert_eq!(c.compile().unwrap_err().path, "keys[0].expires_at");
+        let mut c = sample();
+        c.keys[0].expires_at = Some("2030-01-01T00:00:00Z".into());
+        c.keys[0].metadata.insert("plan".into(), "pro".into());
+        let g = c.compile().unwrap();
+        let k = g.keys.get(0).unwrap();
+        assert_eq!(k.expires_at.as_ref().unwrap().1, "2030-01-01T00:00:00Z");
+        assert_eq!(k.metadata["plan"], "pro");
+    }
+
+    #[test]
+    fn scopes_are_required() {
+        let json = br#"{"keys": [{"id": "a", "team": "t", "hash": "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}]}"#;
+        assert!(Config::from_json(json)
+            .unwrap_err()
+            .reason
+            .contains("scopes"));
     }
 
     #[test]

@@ -8,6 +8,8 @@ pub enum Endpoint {
     ChatCompletions,
     /// `POST /v1/messages` (Anthropic).
     Messages,
+    /// `GET /v1/models`: what the caller may use, answered by Weir itself.
+    Models,
 }
 
 impl Endpoint {
@@ -18,14 +20,18 @@ impl Endpoint {
         match path {
             "/v1/chat/completions" => Some(Endpoint::ChatCompletions),
             "/v1/messages" => Some(Endpoint::Messages),
+            "/v1/models" => Some(Endpoint::Models),
             _ => None,
         }
     }
 
-    pub fn api(self) -> Api {
+    /// The API whose shapes the endpoint uses; `None` when both are served (the client's
+    /// `anthropic-version` header decides).
+    pub fn api(self) -> Option<Api> {
         match self {
-            Endpoint::ChatCompletions => Api::Openai,
-            Endpoint::Messages => Api::Anthropic,
+            Endpoint::ChatCompletions => Some(Api::Openai),
+            Endpoint::Messages => Some(Api::Anthropic),
+            Endpoint::Models => None,
         }
     }
 
@@ -33,6 +39,23 @@ impl Endpoint {
         match self {
             Endpoint::ChatCompletions => "chat_completions",
             Endpoint::Messages => "messages",
+            Endpoint::Models => "models",
+        }
+    }
+
+    /// The scope a key needs to call this endpoint.
+    pub fn scope(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat",
+            Endpoint::Messages => "messages",
+            Endpoint::Models => "models",
+        }
+    }
+
+    pub fn method(self) -> &'static str {
+        match self {
+            Endpoint::Models => "GET",
+            _ => "POST",
         }
     }
 }
@@ -40,8 +63,8 @@ impl Endpoint {
 /// The error shape for a request Weir cannot place: Anthropic's when the client speaks
 /// Anthropic (its path or its `anthropic-version` header), else OpenAI's.
 pub fn error_api(path: &str, has_anthropic_version: bool) -> Api {
-    match Endpoint::classify(path) {
-        Some(e) => e.api(),
+    match Endpoint::classify(path).and_then(Endpoint::api) {
+        Some(api) => api,
         None if has_anthropic_version => Api::Anthropic,
         None => Api::Openai,
     }
@@ -69,5 +92,8 @@ mod tests {
         assert_eq!(Endpoint::classify("/"), None);
         assert_eq!(error_api("/v1/x", true), Api::Anthropic);
         assert_eq!(error_api("/v1/x", false), Api::Openai);
+        assert_eq!(Endpoint::classify("/v1/models"), Some(Endpoint::Models));
+        assert_eq!(error_api("/v1/models", true), Api::Anthropic);
+        assert_eq!(error_api("/v1/models", false), Api::Openai);
     }
 }

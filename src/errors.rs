@@ -6,8 +6,10 @@ use crate::config::Api;
 pub enum ErrorKind {
     /// 400: the body is not JSON, a field is missing or of the wrong type.
     BadRequest,
-    /// 401: no key, unknown key.
+    /// 401: no key, unknown key, expired or revoked key.
     Unauthorized,
+    /// 403: the caller lacks a scope.
+    Forbidden,
     /// 404: unknown model or tier.
     ModelNotFound,
     /// 404: an endpoint Weir does not serve.
@@ -25,6 +27,7 @@ pub struct GatewayError {
     pub kind: ErrorKind,
     pub message: String,
     pub param: Option<&'static str>,
+    code: Option<&'static str>,
 }
 
 impl GatewayError {
@@ -33,7 +36,14 @@ impl GatewayError {
             kind,
             message: message.into(),
             param: None,
+            code: None,
         }
+    }
+
+    /// A more specific code than the kind's default (e.g. `key_expired`).
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
     }
 
     pub fn with_param(mut self, param: Option<&'static str>) -> Self {
@@ -45,6 +55,7 @@ impl GatewayError {
         match self.kind {
             ErrorKind::BadRequest => 400,
             ErrorKind::Unauthorized => 401,
+            ErrorKind::Forbidden => 403,
             ErrorKind::ModelNotFound | ErrorKind::EndpointNotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::PayloadTooLarge => 413,
@@ -54,9 +65,13 @@ impl GatewayError {
 
     /// A short machine-readable code, also used as the audit record's `error` field.
     pub fn code(&self) -> &'static str {
+        if let Some(code) = self.code {
+            return code;
+        }
         match self.kind {
             ErrorKind::BadRequest => "invalid_request",
             ErrorKind::Unauthorized => "invalid_api_key",
+            ErrorKind::Forbidden => "missing_scope",
             ErrorKind::ModelNotFound => "model_not_found",
             ErrorKind::EndpointNotFound => "unknown_url",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
@@ -71,6 +86,7 @@ impl GatewayError {
             Api::Openai => {
                 let error_type = match self.kind {
                     ErrorKind::Internal => "server_error",
+                    ErrorKind::Forbidden => "permission_error",
                     _ => "invalid_request_error",
                 };
                 serde_json::json!({
@@ -86,6 +102,7 @@ impl GatewayError {
                 let error_type = match self.kind {
                     ErrorKind::BadRequest | ErrorKind::MethodNotAllowed => "invalid_request_error",
                     ErrorKind::Unauthorized => "authentication_error",
+                    ErrorKind::Forbidden => "permission_error",
                     ErrorKind::ModelNotFound | ErrorKind::EndpointNotFound => "not_found_error",
                     ErrorKind::PayloadTooLarge => "request_too_large",
                     ErrorKind::Internal => "api_error",

@@ -1,28 +1,95 @@
-//! Client keys: hashing, the per-VM hash index, and reading the key a client presented.
+//! Client keys: hashing, the per-VM hash index, lifecycle checks, and reading the key a
+//! client presented.
 //!
 //! Only SHA-256 hashes of secrets are configured. A lookup hashes the presented secret and
 //! probes a hash map, so its cost does not depend on the number of keys. No constant-time
-//! compare is needed: what is compared is a SHA-256 digest of the attacker's input, and
+//! compare is needed: what is compared is a SHA-256 digest of the caller's input, and
 //! timing that reveals how many leading bytes of a *digest* matched does not help to find a
-//! preimage (the attacker cannot steer digest bytes one at a time).
+//! preimage (the caller cannot steer digest bytes one at a time).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use sha2::{Digest, Sha256};
 
+use crate::scopes::Scopes;
+
 pub type KeyHash = [u8; 32];
+
+/// The non-secret prefix of every secret `weir keys new` issues: visible in logs and easy
+/// to grep for when a key leaks.
+pub const SECRET_PREFIX: &str = "wk_live_";
 
 /// What the filter knows about a key once it is found. Never holds the secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyEntry {
     pub id: String,
     pub team: String,
+    pub project: Option<String>,
+    pub scopes: Scopes,
+    /// Unix seconds after which the key no longer works, and the same as configured text.
+    pub expires_at: Option<(u64, String)>,
+    pub revoked: bool,
+    /// Set on a rotated key: the id of the key that replaces it.
+    pub successor: Option<String>,
+    pub default_policy: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Why a known key is refused. Messages are for the key's own holder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyProblem {
+    Revoked,
+    Expired {
+        at: String,
+    },
+    /// Rotated, and the overlap window has ended.
+    Superseded {
+        at: String,
+        successor: String,
+    },
+}
+
+impl KeyProblem {
+    pub fn code(&self) -> &'static str {
+        match self {
+            KeyProblem::Revoked => "key_revoked",
+            KeyProblem::Expired { .. } => "key_expired",
+            KeyProblem::Superseded { .. } => "key_rotated",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            KeyProblem::Revoked => "This API key has been revoked.".to_string(),
+            KeyProblem::Expired { at } => format!("This API key expired at {at}."),
+            KeyProblem::Superseded { at, successor } => format!(
+                "This API key was rotated; its overlap window ended at {at}. Use its successor (key id {successor})."
+            ),
+        }
+    }
+}
+
+impl KeyEntry {
+    /// Whether the key works at `now` (Unix seconds).
+    pub fn check(&self, now: u64) -> Result<(), KeyProblem> {
+        if self.revoked {
+            return Err(KeyProblem::Revoked);
+        }
+        match (&self.expires_at, &self.successor) {
+            (Some((at, text)), Some(successor)) if now >= *at => Err(KeyProblem::Superseded {
+                at: text.clone(),
+                successor: successor.clone(),
+            }),
+            (Some((at, text)), None) if now >= *at => Err(KeyProblem::Expired { at: text.clone() }),
+            _ => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 pub struct KeyIndex {
-    by_hash: HashMap<KeyHash, KeyEntry>,
-    ids: std::collections::HashSet<String>,
+    entries: Vec<KeyEntry>,
+    by_hash: HashMap<KeyHash, usize>,
 }
 
 pub fn hash_secret(secret: &str) -> KeyHash {
@@ -45,38 +112,39 @@ pub fn parse_key_hash(text: &str) -> Result<KeyHash, String> {
 impl KeyIndex {
     pub fn with_capacity(n: usize) -> Self {
         KeyIndex {
+            entries: Vec::with_capacity(n),
             by_hash: HashMap::with_capacity(n),
-            ids: std::collections::HashSet::with_capacity(n),
         }
     }
 
-    pub fn insert(&mut self, hash: KeyHash, id: &str, team: &str) -> Result<(), String> {
-        if !self.ids.insert(id.to_string()) {
-            return Err(format!("duplicate key id {id:?}"));
-        }
+    /// Adds a key; ids must be unique (checked by the caller, which sees the whole list).
+    pub fn insert(&mut self, hash: KeyHash, entry: KeyEntry) -> Result<(), String> {
         if self.by_hash.contains_key(&hash) {
-            return Err(format!("key {id:?} has the same hash as another key"));
+            return Err(format!(
+                "key {:?} has the same hash as another key",
+                entry.id
+            ));
         }
-        self.by_hash.insert(
-            hash,
-            KeyEntry {
-                id: id.to_string(),
-                team: team.to_string(),
-            },
-        );
+        self.by_hash.insert(hash, self.entries.len());
+        self.entries.push(entry);
         Ok(())
     }
 
-    pub fn lookup(&self, secret: &str) -> Option<&KeyEntry> {
-        self.by_hash.get(&hash_secret(secret))
+    /// The index of the key whose secret this is.
+    pub fn lookup(&self, secret: &str) -> Option<usize> {
+        self.by_hash.get(&hash_secret(secret)).copied()
+    }
+
+    pub fn get(&self, index: usize) -> Option<&KeyEntry> {
+        self.entries.get(index)
     }
 
     pub fn len(&self) -> usize {
-        self.by_hash.len()
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_hash.is_empty()
+        self.entries.is_empty()
     }
 }
 
@@ -117,9 +185,33 @@ pub fn presented_key<'a>(
     }
 }
 
+/// Parses an RFC 3339 UTC time (`2026-12-31T23:59:59Z`) to Unix seconds.
+pub fn parse_time(text: &str) -> Result<u64, String> {
+    let t = humantime::parse_rfc3339_weak(text.trim_end_matches('Z')).map_err(|_| {
+        format!("{text:?} is not an RFC 3339 UTC time such as 2026-12-31T23:59:59Z")
+    })?;
+    Ok(t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(id: &str) -> KeyEntry {
+        KeyEntry {
+            id: id.into(),
+            team: "t".into(),
+            project: None,
+            scopes: Scopes::parse(&["*"]).unwrap(),
+            expires_at: None,
+            revoked: false,
+            successor: None,
+            default_policy: None,
+            metadata: BTreeMap::new(),
+        }
+    }
 
     #[test]
     fn hash_is_sha256() {
@@ -145,11 +237,34 @@ mod tests {
     #[test]
     fn lookup_by_secret() {
         let mut idx = KeyIndex::default();
-        idx.insert(hash_secret("wk_a"), "a", "team-a").unwrap();
-        assert_eq!(idx.lookup("wk_a").unwrap().id, "a");
+        idx.insert(hash_secret("wk_a"), entry("a")).unwrap();
+        let i = idx.lookup("wk_a").unwrap();
+        assert_eq!(idx.get(i).unwrap().id, "a");
         assert!(idx.lookup("wk_b").is_none());
-        assert!(idx.insert(hash_secret("wk_c"), "a", "t").is_err());
-        assert!(idx.insert(hash_secret("wk_a"), "z", "t").is_err());
+        assert!(idx.insert(hash_secret("wk_a"), entry("z")).is_err());
+    }
+
+    #[test]
+    fn lifecycle() {
+        let mut e = entry("a");
+        assert!(e.check(100).is_ok());
+        e.expires_at = Some((100, "T".into()));
+        assert!(e.check(99).is_ok());
+        assert_eq!(e.check(100), Err(KeyProblem::Expired { at: "T".into() }));
+        e.successor = Some("b".into());
+        assert!(e.check(99).is_ok());
+        let problem = e.check(100).unwrap_err();
+        assert_eq!(problem.code(), "key_rotated");
+        assert!(problem.message().contains("key id b"));
+        e.revoked = true;
+        assert_eq!(e.check(0), Err(KeyProblem::Revoked));
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(parse_time("1970-01-01T00:01:00Z").unwrap(), 60);
+        assert_eq!(parse_time("2026-11-22T08:00:00Z").unwrap(), 1_795_334_400);
+        assert!(parse_time("tomorrow").is_err());
     }
 
     #[test]

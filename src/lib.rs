@@ -7,9 +7,12 @@ pub mod body;
 pub mod config;
 pub mod endpoint;
 pub mod errors;
+pub mod jwt;
 pub mod keys;
+pub mod models;
 pub mod providers;
 pub mod routing;
+pub mod scopes;
 pub mod sse;
 pub mod usage;
 

@@ -2,6 +2,8 @@
 
 use crate::config::{Api, Gateway, Provider, Target};
 use crate::errors::{ErrorKind, GatewayError};
+use crate::models::visible_tiers;
+use crate::scopes::Scopes;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Route<'g> {
@@ -12,13 +14,18 @@ pub struct Route<'g> {
 
 /// Picks the target that serves `model` for a client speaking `api`: the first target of
 /// the tier whose provider speaks the same API (translating between APIs comes later).
-pub fn route<'g>(gateway: &'g Gateway, api: Api, model: &str) -> Result<Route<'g>, GatewayError> {
+/// The 404 for an unknown name lists only the tiers `scopes` allow.
+pub fn route<'g>(
+    gateway: &'g Gateway,
+    api: Api,
+    model: &str,
+    scopes: &Scopes,
+) -> Result<Route<'g>, GatewayError> {
     let not_found = |message: String| {
         Err(GatewayError::new(ErrorKind::ModelNotFound, message).with_param(Some("model")))
     };
     let Some(tier) = gateway.tiers.get(model) else {
-        let mut names: Vec<&str> = gateway.tiers.keys().map(String::as_str).collect();
-        names.sort_unstable();
+        let names = visible_tiers(gateway, scopes);
         return not_found(format!(
             "The model `{}` does not exist or you do not have access to it. Available tiers: {}.",
             printable(model),
@@ -86,24 +93,45 @@ mod tests {
     #[test]
     fn picks_target_of_the_clients_api() {
         let g = gateway();
-        let r = route(&g, Api::Openai, "balanced").unwrap();
+        let r = route(&g, Api::Openai, "balanced", &all()).unwrap();
         assert_eq!(
             (r.target.model.as_str(), r.target.cluster.as_str()),
             ("gpt", "c-oa")
         );
-        let r = route(&g, Api::Anthropic, "balanced").unwrap();
+        let r = route(&g, Api::Anthropic, "balanced", &all()).unwrap();
         assert_eq!(r.target.model, "claude");
         assert_eq!(r.tier, "balanced");
+    }
+
+    fn all() -> Scopes {
+        Scopes::parse(&["*"]).unwrap()
+    }
+
+    #[test]
+    fn unknown_tier_lists_only_visible_tiers() {
+        let g = gateway();
+        let e = route(
+            &g,
+            Api::Openai,
+            "x",
+            &Scopes::parse(&["model:bal*"]).unwrap(),
+        )
+        .unwrap_err();
+        assert!(
+            e.message.ends_with("Available tiers: balanced."),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
     fn unknown_tier_is_404() {
         let g = gateway();
-        let e = route(&g, Api::Openai, "gpt-9\n").unwrap_err();
+        let e = route(&g, Api::Openai, "gpt-9\n", &all()).unwrap_err();
         assert_eq!(e.status(), 404);
         assert!(e.message.contains("`gpt-9?`"), "{}", e.message);
         assert!(e.message.contains("balanced, claude-only"));
-        let e = route(&g, Api::Openai, "claude-only").unwrap_err();
+        let e = route(&g, Api::Openai, "claude-only", &all()).unwrap_err();
         assert_eq!(e.status(), 404);
     }
 }

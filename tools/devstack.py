@@ -108,6 +108,40 @@ def tls_cluster(name: str, host: str) -> str:
 """
 
 
+JWT_PAYLOAD_HEADER = "x-weir-jwt-payload"
+JWT_ISSUER = "https://idp.example.com"
+JWT_AUDIENCE = "weir"
+
+
+def jwt_filters(jwks: Path) -> str:
+    """Envoy verifies JWTs (signature, issuer, audience, expiry) and forwards the payload to
+    Weir in a header. The header is removed first, so a client cannot forge it. Requests
+    without a valid token pass on to Weir, which then asks for an API key."""
+    return f"""          - name: envoy.filters.http.header_mutation
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
+              mutations:
+                request_mutations:
+                - remove: {JWT_PAYLOAD_HEADER}
+          - name: envoy.filters.http.jwt_authn
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+              providers:
+                idp:
+                  issuer: {JWT_ISSUER}
+                  audiences: [{JWT_AUDIENCE}]
+                  local_jwks: {{ filename: {jwks} }}
+                  from_headers: [{{ name: authorization, value_prefix: "Bearer " }}]
+                  forward_payload_header: {JWT_PAYLOAD_HEADER}
+              rules:
+              - match: {{ prefix: "/" }}
+                requires:
+                  requires_any:
+                    requirements:
+                    - provider_name: idp
+                    - allow_missing_or_failed: {{}}"""
+
+
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
@@ -129,6 +163,7 @@ class Stack:
         listen_address: str = "127.0.0.1",
         log_level: str = "info",
         flush_ms: int = 200,
+        jwks: Path | None = None,
     ):
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="weir-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -140,6 +175,8 @@ class Stack:
         self.log_level = log_level
         # Envoy writes access logs in batches; this bounds how late an audit line appears.
         self.flush_ms = flush_ms
+        # A JWKS file turns on JWT identity (Envoy's jwt_authn in front of Weir).
+        self.jwks = jwks
         self.audit_log = self.workdir / "audit.jsonl"
         self.filter_config = self.workdir / "weir-filter.json"
         self.envoy_yaml = self.workdir / "envoy.yaml"
@@ -186,6 +223,7 @@ class Stack:
             AUDIT_LOG=self.audit_log,
             FILTER_CONFIG=self.filter_config,
             CLUSTERS=self.clusters_yaml(),
+            AUTH_FILTERS=jwt_filters(self.jwks) if self.jwks else "",
         )
         self.envoy_yaml.write_text(text)
         return self.envoy_yaml

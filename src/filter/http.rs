@@ -13,9 +13,12 @@ use crate::body::{json_string, parse_llm_request, splice, Edit};
 use crate::config::{Api, Gateway};
 use crate::endpoint::{error_api, Endpoint};
 use crate::errors::{ErrorKind, GatewayError};
+use crate::jwt::{self, JwtIdentity};
 use crate::keys::{presented_key, PresentedKey};
+use crate::models;
 use crate::providers::{openai, ResponseMeter};
-use crate::routing::route;
+use crate::routing::{printable, route};
+use crate::scopes::Scopes;
 
 /// Client headers that carry the client's own credential: never forwarded.
 const CLIENT_CREDENTIAL_HEADERS: [&str; 2] = ["authorization", "x-api-key"];
@@ -36,8 +39,23 @@ enum Phase {
     Answered,
 }
 
+/// Who is calling: a configured key (its index in the key index) or a JWT identity.
+enum Caller {
+    Key(usize),
+    Jwt(JwtIdentity),
+}
+
+/// The caller's scopes; none (deny everything) when there is no caller.
+fn scopes_of<'a>(gateway: &'a Gateway, caller: &'a Option<Caller>) -> Option<&'a Scopes> {
+    match caller.as_ref()? {
+        Caller::Key(index) => gateway.keys.get(*index).map(|k| &k.scopes),
+        Caller::Jwt(identity) => Some(&identity.scopes),
+    }
+}
+
 pub struct WeirHttp {
     gateway: Option<Rc<Gateway>>,
+    caller: Option<Caller>,
     phase: Phase,
     started: SystemTime,
     /// The API the client speaks, for error shapes and response metering.
@@ -51,6 +69,7 @@ impl WeirHttp {
     pub fn new(gateway: Option<Rc<Gateway>>) -> Self {
         WeirHttp {
             gateway,
+            caller: None,
             phase: Phase::Start,
             started: SystemTime::UNIX_EPOCH,
             api: Api::Openai,
@@ -80,6 +99,90 @@ impl WeirHttp {
             log::error!("weir: local reply failed with status {status_code}");
         }
         Action::Pause
+    }
+
+    /// Answers a request Weir serves itself (e.g. `/v1/models`).
+    fn answer(&mut self, body: &[u8]) -> Action {
+        self.record.outcome = Outcome::Completed;
+        self.phase = Phase::Answered;
+        let headers = [
+            ("content-type", "application/json"),
+            (REQUEST_ID_HEADER, self.record.request_id.as_str()),
+        ];
+        if let Err(status_code) = host::send_local_response(200, &headers, body, "weir_answered") {
+            log::error!("weir: local reply failed with status {status_code}");
+        }
+        Action::Pause
+    }
+
+    /// Finds the caller: the JWT identity `jwt_authn` forwarded when configured and
+    /// present, else the API key.
+    fn identify(&mut self, gateway: &Gateway) -> Result<Caller, Action> {
+        if let Some(config) = &gateway.jwt {
+            if let Some(payload) = host::header(REQUEST_HEADERS, &config.payload_header) {
+                self.record.identity = Some("jwt");
+                return match jwt::identity(config, &payload) {
+                    Ok(identity) => {
+                        self.record.key_id = Some(identity.id.clone());
+                        self.record.team = Some(identity.team.clone());
+                        self.record.project = identity.project.clone();
+                        Ok(Caller::Jwt(identity))
+                    }
+                    Err(reason) => Err(self.reject(
+                        GatewayError::new(
+                            ErrorKind::Unauthorized,
+                            format!("The identity token cannot be used: {reason}."),
+                        )
+                        .with_code("invalid_token"),
+                    )),
+                };
+            }
+        }
+        self.record.identity = Some("api_key");
+        let authorization = host::header_str(REQUEST_HEADERS, "authorization");
+        let x_api_key = host::header_str(REQUEST_HEADERS, "x-api-key");
+        let index = match presented_key(authorization.as_deref(), x_api_key.as_deref()) {
+            PresentedKey::Missing => {
+                return Err(self.reject(GatewayError::new(
+                    ErrorKind::Unauthorized,
+                    "You didn't provide an API key. Send it as `Authorization: Bearer <key>` or `x-api-key: <key>`.",
+                )))
+            }
+            PresentedKey::Malformed => {
+                return Err(self.reject(GatewayError::new(
+                    ErrorKind::Unauthorized,
+                    "The API key header is malformed. Send `Authorization: Bearer <key>` or `x-api-key: <key>`.",
+                )))
+            }
+            PresentedKey::Key(secret) => match gateway.keys.lookup(secret) {
+                Some(index) => index,
+                None => {
+                    return Err(self.reject(GatewayError::new(
+                        ErrorKind::Unauthorized,
+                        "Incorrect API key provided.",
+                    )))
+                }
+            },
+        };
+        let Some(entry) = gateway.keys.get(index) else {
+            return Err(self.internal("reading the key index", 0));
+        };
+        self.record.key_id = Some(entry.id.clone());
+        self.record.team = Some(entry.team.clone());
+        self.record.project = entry.project.clone();
+        let now = host::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        if let Err(problem) = entry.check(now) {
+            return Err(self.reject(
+                GatewayError::new(ErrorKind::Unauthorized, problem.message())
+                    .with_code(problem.code()),
+            ));
+        }
+        // A rotated key inside its overlap window: the record says which of the two was used.
+        self.record.key_successor = entry.successor.clone();
+        Ok(Caller::Key(index))
     }
 
     fn internal(&mut self, what: &str, status: u32) -> Action {
@@ -135,51 +238,53 @@ impl WeirHttp {
             return Err(self.reject(GatewayError::new(
                 ErrorKind::EndpointNotFound,
                 format!(
-                    "Unknown request URL: {} {}. Weir serves POST /v1/chat/completions and POST /v1/messages.",
-                    crate::routing::printable(&self.record.method),
-                    crate::routing::printable(&self.record.path)
+                    "Unknown request URL: {} {}. Weir serves POST /v1/chat/completions, POST /v1/messages and GET /v1/models.",
+                    printable(&self.record.method),
+                    printable(&self.record.path)
                 ),
             )));
         };
         self.record.endpoint = Some(endpoint.name());
-        if method != "POST" {
+        if method != endpoint.method() {
             return Err(self.reject(GatewayError::new(
                 ErrorKind::MethodNotAllowed,
-                format!("{} only accepts POST.", self.record.path),
+                format!("{} only accepts {}.", self.record.path, endpoint.method()),
             )));
         }
 
-        let authorization = host::header_str(REQUEST_HEADERS, "authorization");
-        let x_api_key = host::header_str(REQUEST_HEADERS, "x-api-key");
-        let entry = match presented_key(authorization.as_deref(), x_api_key.as_deref()) {
-            PresentedKey::Missing => {
-                return Err(self.reject(GatewayError::new(
-                    ErrorKind::Unauthorized,
-                    "You didn't provide an API key. Send it as `Authorization: Bearer <key>` or `x-api-key: <key>`.",
-                )))
-            }
-            PresentedKey::Malformed => {
-                return Err(self.reject(GatewayError::new(
-                    ErrorKind::Unauthorized,
-                    "The API key header is malformed. Send `Authorization: Bearer <key>` or `x-api-key: <key>`.",
-                )))
-            }
-            PresentedKey::Key(secret) => match gateway.keys.lookup(secret) {
-                Some(entry) => entry,
-                None => {
-                    return Err(self.reject(GatewayError::new(
-                        ErrorKind::Unauthorized,
-                        "Incorrect API key provided.",
-                    )))
-                }
-            },
-        };
-        self.record.key_id = Some(entry.id.clone());
-        self.record.team = Some(entry.team.clone());
+        let caller = self.identify(&gateway)?;
+        self.caller = Some(caller);
+        let may_call =
+            scopes_of(&gateway, &self.caller).is_some_and(|s| s.allows_endpoint(endpoint));
+        if !may_call {
+            return Err(self.reject(GatewayError::new(
+                ErrorKind::Forbidden,
+                format!(
+                    "This key lacks the scope `{}` needed for {} {}.",
+                    endpoint.scope(),
+                    endpoint.method(),
+                    self.record.path
+                ),
+            )));
+        }
 
+        // Neither the client's credential nor its identity token goes upstream.
         for name in CLIENT_CREDENTIAL_HEADERS {
             host::remove_header(REQUEST_HEADERS, name)
                 .map_err(|s| self.internal("removing the client credential", s))?;
+        }
+        if let Some(config) = &gateway.jwt {
+            host::remove_header(REQUEST_HEADERS, &config.payload_header)
+                .map_err(|s| self.internal("removing the token payload", s))?;
+        }
+
+        if endpoint == Endpoint::Models {
+            // OpenAI's list format, or Anthropic's when the client sent `anthropic-version`.
+            let api = self.api;
+            let body = scopes_of(&gateway, &self.caller)
+                .map(|scopes| models::list_body(&gateway, scopes, api))
+                .unwrap_or_default();
+            return Err(self.answer(&body));
         }
         if end_of_stream {
             return Err(self.reject(GatewayError::new(
@@ -217,7 +322,24 @@ impl WeirHttp {
         self.record.requested_model = Some(request.model.clone());
         self.record.stream = request.stream;
 
-        let route = route(&gateway, self.api, &request.model).map_err(|e| self.reject(e))?;
+        let may_use =
+            scopes_of(&gateway, &self.caller).is_some_and(|s| s.allows_model(&request.model));
+        if !may_use {
+            let name = printable(&request.model);
+            return Err(self.reject(
+                GatewayError::new(
+                    ErrorKind::Forbidden,
+                    format!("This key may not use the model `{name}`: it lacks a scope such as `model:{name}`."),
+                )
+                .with_param(Some("model")),
+            ));
+        }
+        let empty = Scopes::default();
+        let scopes = scopes_of(&gateway, &self.caller).unwrap_or(&empty);
+        let route = match route(&gateway, self.api, &request.model, scopes) {
+            Ok(route) => route,
+            Err(e) => return Err(self.reject(e)),
+        };
         let (mut edits, usage_added) = match self.api {
             Api::Openai => {
                 openai::request_edits(&request, &route.target.model, gateway.settings.stream_usage)

@@ -1,0 +1,139 @@
+//! Scopes: what a key may call. Endpoint scopes name an API surface (`chat`, `messages`,
+//! `models`, ...); model scopes (`model:GLOB`) name the tiers and models it may use; `*`
+//! grants everything.
+
+use crate::endpoint::Endpoint;
+
+/// Endpoint scope names Weir knows. Unknown names are refused when the configuration is
+/// compiled, so a typo cannot silently grant or withhold access.
+pub const ENDPOINT_SCOPES: [&str; 7] = [
+    "chat",
+    "messages",
+    "models",
+    "advice",
+    "embeddings",
+    "completions",
+    "responses",
+];
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scopes {
+    all: bool,
+    endpoints: Vec<&'static str>,
+    models: Vec<String>,
+}
+
+impl Scopes {
+    /// Parses scope strings; the error names the offending one.
+    pub fn parse<S: AsRef<str>>(scopes: &[S]) -> Result<Scopes, String> {
+        let mut out = Scopes::default();
+        for scope in scopes {
+            let scope = scope.as_ref().trim();
+            if scope == "*" {
+                out.all = true;
+            } else if let Some(glob) = scope.strip_prefix("model:") {
+                if glob.is_empty()
+                    || glob.len() > 256
+                    || glob.chars().any(|c| c.is_control() || c == ' ')
+                {
+                    return Err(format!("scope {scope:?}: the model pattern must be 1-256 characters without spaces"));
+                }
+                out.models.push(glob.to_string());
+            } else if let Some(known) = ENDPOINT_SCOPES.iter().find(|s| **s == scope) {
+                out.endpoints.push(known);
+            } else {
+                return Err(format!(
+                    "unknown scope {scope:?}: use \"*\", \"model:<pattern>\" or one of {}",
+                    ENDPOINT_SCOPES.join(", ")
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Scopes from a JWT claim: unknown names are ignored (an identity provider may carry
+    /// scopes meant for other services), never an error.
+    pub fn parse_lenient<S: AsRef<str>>(scopes: &[S]) -> Scopes {
+        let known: Vec<&str> = scopes
+            .iter()
+            .map(|s| s.as_ref())
+            .filter(|s| Scopes::parse(&[*s]).is_ok())
+            .collect();
+        Scopes::parse(&known).unwrap_or_default()
+    }
+
+    pub fn allows_endpoint(&self, endpoint: Endpoint) -> bool {
+        self.all || self.endpoints.contains(&endpoint.scope())
+    }
+
+    pub fn allows_model(&self, model: &str) -> bool {
+        self.all || self.models.iter().any(|glob| glob_match(glob, model))
+    }
+}
+
+/// `*` matches any run of characters, `?` one character; everything else literally.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            // Let the last `*` swallow one more character and retry.
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("*", "anything"));
+        assert!(glob_match("gpt-4o*", "gpt-4o-mini"));
+        assert!(glob_match("openai/*", "openai/gpt-4o"));
+        assert!(!glob_match("gpt-4o*", "gpt-4.1"));
+        assert!(glob_match("b?st", "best"));
+        assert!(glob_match("*-mini", "gpt-4.1-mini"));
+        assert!(glob_match("a*b*c", "aXXbYYc"));
+        assert!(!glob_match("a*b*c", "aXXbYY"));
+        assert!(glob_match("", ""));
+        assert!(!glob_match("", "x"));
+    }
+
+    #[test]
+    fn parse_and_check() {
+        let s = Scopes::parse(&["chat", "model:balanced", "model:gpt-4o*"]).unwrap();
+        assert!(s.allows_endpoint(Endpoint::ChatCompletions));
+        assert!(!s.allows_endpoint(Endpoint::Messages));
+        assert!(s.allows_model("balanced") && s.allows_model("gpt-4o-mini"));
+        assert!(!s.allows_model("best"));
+        let all = Scopes::parse(&["*"]).unwrap();
+        assert!(all.allows_endpoint(Endpoint::Models) && all.allows_model("x"));
+        assert!(Scopes::parse(&["chats"])
+            .unwrap_err()
+            .contains("unknown scope \"chats\""));
+        assert!(Scopes::parse(&["model:"]).is_err());
+        let none = Scopes::parse::<&str>(&[]).unwrap();
+        assert!(!none.allows_endpoint(Endpoint::ChatCompletions) && !none.allows_model("x"));
+    }
+
+    #[test]
+    fn lenient_ignores_foreign_scopes() {
+        let s = Scopes::parse_lenient(&["openid", "chat", "model:fast", "email"]);
+        assert!(s.allows_endpoint(Endpoint::ChatCompletions) && s.allows_model("fast"));
+    }
+}

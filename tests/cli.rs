@@ -1,0 +1,209 @@
+//! Host tests of the `weir` CLI's key commands: they edit a real config file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use weir::config::Config;
+use weir::keys::hash_secret_hex;
+
+const BASE: &str = r#"# Operator comment that must survive edits.
+[providers.local]
+api = "openai"
+cluster = "local"
+auth = "none"
+
+[tiers.fast]
+targets = [{ provider = "local", model = "m" }]
+"#;
+
+fn weir(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn temp_config(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("weir-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("weir.toml");
+    std::fs::write(&path, BASE).unwrap();
+    path
+}
+
+fn load(path: &Path) -> Config {
+    toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn new_prints_the_secret_once_and_stores_only_its_hash() {
+    let path = temp_config("new");
+    let p = path.to_str().unwrap();
+    let out = weir(&[
+        "keys",
+        "new",
+        "-c",
+        p,
+        "--name",
+        "checkout",
+        "--team",
+        "shop",
+        "--project",
+        "web",
+        "--scopes",
+        "chat,models,model:fast",
+        "--expires",
+        "30d",
+        "--meta",
+        "plan=pro",
+        "--id",
+        "checkout-1",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let secret = stdout(&out).trim().to_string();
+    assert!(
+        secret.starts_with("wk_live_") && secret.len() == 40,
+        "{secret}"
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains(&secret), "the secret must never be written");
+    assert!(text.contains(&hash_secret_hex(&secret)));
+    assert!(text.starts_with("# Operator comment that must survive edits."));
+    let config = load(&path);
+    let key = &config.keys[0];
+    assert_eq!(
+        (key.id.as_str(), key.team.as_str(), key.project.as_deref()),
+        ("checkout-1", "shop", Some("web"))
+    );
+    assert_eq!(key.scopes, ["chat", "models", "model:fast"]);
+    assert_eq!(key.metadata["plan"], "pro");
+    assert!(key.expires_at.is_some() && key.created.is_some());
+
+    // A second key gets its own id and secret.
+    let out = weir(&[
+        "keys", "new", "-c", p, "--name", "n", "--team", "shop", "--scopes", "*",
+    ]);
+    assert!(out.status.success());
+    assert_ne!(stdout(&out).trim(), secret);
+    assert_eq!(load(&path).keys.len(), 2);
+}
+
+#[test]
+fn invalid_input_is_refused_and_the_file_is_untouched() {
+    let path = temp_config("invalid");
+    let p = path.to_str().unwrap();
+    for (args, message) in [
+        (vec!["--scopes", "chat,chatt"], "unknown scope \"chatt\""),
+        (
+            vec!["--scopes", "chat", "--expires", "yesterday"],
+            "--expires",
+        ),
+        (
+            vec!["--scopes", "chat", "--expires", "2001-01-01T00:00:00Z"],
+            "not in the future",
+        ),
+        (
+            vec!["--scopes", "chat", "--meta", "plan"],
+            "expected KEY=VALUE",
+        ),
+        (vec!["--scopes", "chat", "--id", "has space"], "keys[0].id"),
+    ] {
+        let mut all = vec!["keys", "new", "-c", p, "--name", "x", "--team", "t"];
+        all.extend(args);
+        let out = weir(&all);
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains(message),
+            "{message}: {}",
+            stderr(&out)
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), BASE);
+    }
+    let out = weir(&[
+        "keys", "new", "-c", p, "--name", "a", "--team", "t", "--scopes", "*", "--id", "dup",
+    ]);
+    assert!(out.status.success());
+    let out = weir(&[
+        "keys", "new", "-c", p, "--name", "b", "--team", "t", "--scopes", "*", "--id", "dup",
+    ]);
+    assert!(
+        stderr(&out).contains("duplicate key id"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&weir(&["keys", "revoke", "nope", "-c", p])).contains("no key has the id \"nope\"")
+    );
+}
+
+#[test]
+fn rotate_links_the_keys_and_bounds_the_overlap() {
+    let path = temp_config("rotate");
+    let p = path.to_str().unwrap();
+    let first = weir(&[
+        "keys", "new", "-c", p, "--name", "svc", "--team", "t", "--scopes", "chat", "--id", "svc",
+    ]);
+    let old_secret = stdout(&first).trim().to_string();
+    let out = weir(&["keys", "rotate", "svc", "-c", p, "--overlap", "2h"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let new_secret = stdout(&out).trim().to_string();
+    assert_ne!(old_secret, new_secret);
+    let config = load(&path);
+    let (old, new) = (&config.keys[0], &config.keys[1]);
+    assert_eq!(new.id, "svc-r1");
+    assert_eq!(old.successor.as_deref(), Some("svc-r1"));
+    assert_eq!(new.predecessor.as_deref(), Some("svc"));
+    assert_eq!(new.scopes, old.scopes);
+    assert_eq!(new.hash, format!("sha256:{}", hash_secret_hex(&new_secret)));
+    let end = weir::keys::parse_time(old.expires_at.as_deref().unwrap()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!((now + 7200 - 5..=now + 7200 + 5).contains(&end));
+    assert!(new.expires_at.is_none());
+
+    assert!(stderr(&weir(&["keys", "rotate", "svc", "-c", p])).contains("already rotated"));
+    // The successor can itself be rotated.
+    assert!(
+        weir(&["keys", "rotate", "svc-r1", "-c", p, "--overlap", "0s"])
+            .status
+            .success()
+    );
+    assert_eq!(load(&path).keys[2].id, "svc-r2");
+
+    let list = stdout(&weir(&["keys", "list", "-c", p]));
+    assert!(list.contains("svc ") && list.contains("rotating"), "{list}");
+    assert!(
+        list.contains("rotated"),
+        "svc-r1's overlap of 0s has ended: {list}"
+    );
+    assert!(!list.contains(&old_secret) && !list.contains(&new_secret));
+}
+
+#[test]
+fn revoke_and_list_json() {
+    let path = temp_config("revoke");
+    let p = path.to_str().unwrap();
+    weir(&[
+        "keys", "new", "-c", p, "--name", "a", "--team", "t", "--scopes", "*", "--id", "a",
+    ]);
+    let out = weir(&["keys", "revoke", "a", "-c", p]);
+    assert!(out.status.success());
+    let key = &load(&path).keys[0];
+    assert!(key.revoked && key.revoked_at.is_some());
+    assert!(stderr(&weir(&["keys", "revoke", "a", "-c", p])).contains("already revoked"));
+    assert!(stderr(&weir(&["keys", "rotate", "a", "-c", p])).contains("is revoked"));
+    let line = stdout(&weir(&["keys", "list", "-c", p, "--json"]));
+    let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(v["state"], "revoked");
+    assert!(v.get("hash").is_none());
+}
