@@ -39,6 +39,12 @@ pub struct AuditRecord {
     pub key_successor: Option<String>,
     pub team: Option<String>,
     pub project: Option<String>,
+    /// The end user the caller named (`x-weir-user` / `weir.user`).
+    pub user: Option<String>,
+    /// Groups calls of one agent run or conversation (`x-weir-run-id`); the request id
+    /// when the caller named none.
+    pub run_id: String,
+    pub tags: Vec<String>,
     pub requested_model: Option<String>,
     pub tier: Option<String>,
     /// The model the provider said served the request, else the one Weir sent.
@@ -50,6 +56,10 @@ pub struct AuditRecord {
     /// Weir added `stream_options.include_usage` to get usage from the provider.
     pub usage_requested_by_weir: bool,
     pub outcome: Outcome,
+    /// `allow` (forwarded or answered), `deny` (refused by Weir), `error` (Weir failed).
+    pub decision: &'static str,
+    /// Upstream attempts (0 when the request was not forwarded).
+    pub attempts: u32,
     /// Weir's error code when it refused (e.g. `invalid_api_key`), else null.
     pub error: Option<&'static str>,
     /// The message shown to the client when Weir refused.
@@ -57,9 +67,25 @@ pub struct AuditRecord {
     /// Envoy's response code details (e.g. `upstream_reset_before_response_started{...}`).
     pub detail: Option<String>,
     pub usage: Option<Usage>,
+    /// What the request cost, when usage and a price were known.
+    pub cost: Option<CostRecord>,
+    /// `priced`, `unpriced` (no price for the model: flagged, never silently zero),
+    /// `no_usage` (forwarded but the provider reported no usage), or null (not forwarded).
+    pub cost_status: Option<&'static str>,
     pub duration_ms: f64,
     /// Time to the first byte of the response headers, when there was a response.
     pub ttfb_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CostRecord {
+    pub currency: String,
+    /// Rounded half up to whole micro-units (millionths of the currency unit).
+    pub micros: u64,
+    /// Exact, in pico-units (10^-12): sum these for invoices.
+    pub picos: u128,
+    /// The price-table entry used.
+    pub priced_as: String,
 }
 
 impl AuditRecord {
@@ -92,7 +118,7 @@ mod tests {
         assert_eq!(v["outcome"], "client_aborted");
         assert_eq!(v["usage"]["prompt_tokens"], 1);
         assert!(v.get("key_id").unwrap().is_null());
-        assert_eq!(v.as_object().unwrap().len(), 25);
+        assert_eq!(v.as_object().unwrap().len(), 32);
     }
 
     #[test]

@@ -31,6 +31,9 @@ impl BodyError {
 pub struct RawField<'a> {
     pub raw: &'a RawValue,
     pub start: usize,
+    /// Where the field's key (its opening quote) starts; `None` for a key written with
+    /// escapes, whose position serde does not reveal.
+    pub key_start: Option<usize>,
 }
 
 impl<'a> RawField<'a> {
@@ -89,10 +92,12 @@ pub fn scan_object<'a, const N: usize>(
     let base = body.as_ptr() as usize;
     let mut out = [None; N];
     for (slot, raw) in out.iter_mut().zip(found) {
-        *slot = raw.map(|raw: &'a RawValue| RawField {
+        *slot = raw.map(|(raw, key): (&'a RawValue, Option<&'a str>)| RawField {
             raw,
-            // The raw value borrows from `body`, so its address lies inside it.
+            // The raw value and a borrowed key point into `body`, so these lie inside it.
             start: raw.get().as_ptr() as usize - base,
+            // The key's text starts one byte after its opening quote.
+            key_start: key.map(|k| k.as_ptr() as usize - base - 1),
         });
     }
     Ok(out)
@@ -142,7 +147,7 @@ struct ScanSeed<'w, const N: usize> {
 }
 
 impl<'de, const N: usize> DeserializeSeed<'de> for ScanSeed<'_, N> {
-    type Value = [Option<&'de RawValue>; N];
+    type Value = [Option<(&'de RawValue, Option<&'de str>)>; N];
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self)
@@ -150,7 +155,7 @@ impl<'de, const N: usize> DeserializeSeed<'de> for ScanSeed<'_, N> {
 }
 
 impl<'de, const N: usize> Visitor<'de> for ScanSeed<'_, N> {
-    type Value = [Option<&'de RawValue>; N];
+    type Value = [Option<(&'de RawValue, Option<&'de str>)>; N];
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object")
@@ -164,7 +169,11 @@ impl<'de, const N: usize> Visitor<'de> for ScanSeed<'_, N> {
                     if found[i].is_some() {
                         return Err(de::Error::custom(format_args!("duplicate field `{key}`")));
                     }
-                    found[i] = Some(map.next_value::<&'de RawValue>()?);
+                    let borrowed = match key {
+                        Cow::Borrowed(k) => Some(k),
+                        Cow::Owned(_) => None,
+                    };
+                    found[i] = Some((map.next_value::<&'de RawValue>()?, borrowed));
                 }
                 None => {
                     map.next_value::<IgnoredAny>()?;
@@ -205,6 +214,8 @@ pub struct LlmRequest<'a> {
     pub stream: bool,
     /// `stream_options` (OpenAI), when present.
     pub stream_options: Option<RawField<'a>>,
+    /// Weir's own directives object, removed before the body goes upstream.
+    pub weir: Option<RawField<'a>>,
     /// Byte offset of the opening `{` of the top-level object.
     pub object_start: usize,
 }
@@ -213,7 +224,8 @@ pub const MAX_MODEL_LEN: usize = 256;
 
 /// Reads `model`, `stream` and `stream_options` from a request body.
 pub fn parse_llm_request(body: &[u8]) -> Result<LlmRequest<'_>, BodyError> {
-    let [model, stream, stream_options] = scan_object(body, ["model", "stream", "stream_options"])?;
+    let [model, stream, stream_options, weir] =
+        scan_object(body, ["model", "stream", "stream_options", "weir"])?;
     let model_field = model
         .ok_or_else(|| BodyError::new("You must provide a model parameter.", Some("model")))?;
     let model: String = serde_json::from_str(model_field.text())
@@ -240,8 +252,39 @@ pub fn parse_llm_request(body: &[u8]) -> Result<LlmRequest<'_>, BodyError> {
         model_field,
         stream,
         stream_options,
+        weir,
         object_start,
     })
+}
+
+/// The edit that removes a whole top-level member (key, value and one adjacent comma).
+/// `None` when the key was written with escapes and its position is unknown.
+pub fn remove_member(body: &[u8], field: &RawField<'_>) -> Option<Edit> {
+    let key_start = field.key_start?;
+    Some(Edit {
+        range: member_range(body, key_start, field.range().end),
+        with: Vec::new(),
+    })
+}
+
+/// The bytes to cut to remove the object member spanning `key_start..value_end`: the
+/// member and the comma after it, or for the last member the comma before it.
+pub fn member_range(bytes: &[u8], key_start: usize, value_end: usize) -> Range<usize> {
+    let is_ws = |b: &u8| b.is_ascii_whitespace();
+    let after = value_end + bytes[value_end..].iter().take_while(|b| is_ws(b)).count();
+    if bytes.get(after) == Some(&b',') {
+        return key_start..after + 1;
+    }
+    let before = key_start
+        - bytes[..key_start]
+            .iter()
+            .rev()
+            .take_while(|b| is_ws(b))
+            .count();
+    if before > 0 && bytes[before - 1] == b',' {
+        return before - 1..value_end;
+    }
+    key_start..value_end
 }
 
 /// One replacement of `range` in the original body by `with`.
@@ -368,6 +411,27 @@ mod tests {
             splice(body, &mut edits),
             br#"{"model":"gpt-4o-mini","x":1}"#.to_vec()
         );
+    }
+
+    #[test]
+    fn removes_members_wherever_they_are() {
+        for (body, expected) in [
+            (r#"{"weir":{"user":"u"},"model":"a"}"#, r#"{"model":"a"}"#),
+            (
+                r#"{"model":"a", "weir" : {"user":"u"} }"#,
+                r#"{"model":"a" }"#,
+            ),
+            (r#"{"model":"a","weir":{},"x":1}"#, r#"{"model":"a","x":1}"#),
+            (r#"{"weir":{}}"#, r#"{}"#),
+        ] {
+            let [weir] = scan_object(body.as_bytes(), ["weir"]).unwrap();
+            let edit = remove_member(body.as_bytes(), &weir.unwrap()).unwrap();
+            let out = splice(body.as_bytes(), &mut [edit]);
+            assert_eq!(String::from_utf8(out).unwrap(), expected);
+        }
+        let body = br#"{"w\u0065ir":{}}"#;
+        let [weir] = scan_object(body, ["weir"]).unwrap();
+        assert!(remove_member(body, &weir.unwrap()).is_none());
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cost::ModelPrice;
 use crate::keys::{parse_key_hash, parse_time, KeyEntry, KeyHash, KeyIndex};
 use crate::scopes::Scopes;
 
@@ -24,6 +25,10 @@ pub struct Config {
     pub tiers: BTreeMap<String, TierConfig>,
     #[serde(default)]
     pub keys: Vec<KeyConfig>,
+    /// Prices per million tokens, by model name as the provider reports it or as Weir
+    /// sends it.
+    #[serde(default)]
+    pub prices: BTreeMap<String, ModelPrice>,
     /// Caller identity from a JWT verified by Envoy's `jwt_authn` filter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt: Option<JwtConfig>,
@@ -77,8 +82,16 @@ pub struct GatewaySettings {
     #[serde(default = "default_audit_property")]
     pub audit_property: String,
     /// Ask OpenAI-shaped providers for a usage chunk on streams (`stream_options.include_usage`).
+    /// The extra chunk is removed from what the client receives.
     #[serde(default = "default_true")]
     pub stream_usage: bool,
+    /// The currency of the price table (shown in audit records).
+    #[serde(default = "default_currency")]
+    pub currency: String,
+    /// Add a top-level `weir` object (request id, tier, model, usage, cost) to buffered
+    /// successful JSON responses.
+    #[serde(default)]
+    pub response_metadata: bool,
 }
 
 impl Default for GatewaySettings {
@@ -88,6 +101,8 @@ impl Default for GatewaySettings {
             cluster_header: default_cluster_header(),
             audit_property: default_audit_property(),
             stream_usage: true,
+            currency: default_currency(),
+            response_metadata: false,
         }
     }
 }
@@ -100,6 +115,9 @@ fn default_cluster_header() -> String {
 }
 fn default_audit_property() -> String {
     "weir_audit".to_string()
+}
+fn default_currency() -> String {
+    "USD".to_string()
 }
 fn default_true() -> bool {
     true
@@ -283,6 +301,22 @@ pub struct Gateway {
     pub tiers: HashMap<String, Tier>,
     pub keys: KeyIndex,
     pub jwt: Option<JwtConfig>,
+    pub prices: HashMap<String, ModelPrice>,
+}
+
+impl Gateway {
+    /// The price of the model the provider reported, else of the model Weir sent; with
+    /// the name it was found under.
+    pub fn price<'a>(
+        &'a self,
+        served: Option<&'a str>,
+        sent: Option<&'a str>,
+    ) -> Option<(&'a str, &'a ModelPrice)> {
+        [served, sent]
+            .into_iter()
+            .flatten()
+            .find_map(|name| self.prices.get(name).map(|p| (name, p)))
+    }
 }
 
 /// Names that end up in headers, stats or JSON: keep them plain.
@@ -332,6 +366,12 @@ impl Config {
             return Err(err("gateway.cluster_header", "must be lower case"));
         }
         check_name("gateway.audit_property", &g.audit_property)?;
+        if g.currency.len() != 3 || !g.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(err(
+                "gateway.currency",
+                "must be a three-letter ISO 4217 code such as USD",
+            ));
+        }
 
         let mut providers = Vec::with_capacity(self.providers.len());
         let mut provider_index = HashMap::new();
@@ -437,7 +477,28 @@ impl Config {
             tiers,
             keys,
             jwt: self.jwt.clone(),
+            prices: self
+                .prices
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         })
+    }
+
+    /// Tier targets whose model has no price: their requests are flagged `unpriced`.
+    pub fn unpriced_targets(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, tier) in &self.tiers {
+            for (i, t) in tier.targets.iter().enumerate() {
+                if !self.prices.contains_key(&t.model) {
+                    out.push(format!(
+                        "tiers.{name}.targets[{i}]: no price for model {:?}",
+                        t.model
+                    ));
+                }
+            }
+        }
+        out
     }
 }
 

@@ -5,10 +5,13 @@
 pub mod audit;
 pub mod body;
 pub mod config;
+pub mod cost;
+pub mod directives;
 pub mod endpoint;
 pub mod errors;
 pub mod jwt;
 pub mod keys;
+pub mod metrics;
 pub mod models;
 pub mod providers;
 pub mod routing;

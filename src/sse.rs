@@ -7,6 +7,9 @@
 pub struct SseEvent<'a> {
     pub event: &'a [u8],
     pub data: &'a [u8],
+    /// Offset in the whole stream just past the blank line that ended the event: the
+    /// event's raw bytes end here (and start where the previous event ended).
+    pub end: u64,
 }
 
 /// Longest event (data plus the current line) kept; a larger one is dropped, not buffered
@@ -26,6 +29,8 @@ pub struct SseParser {
     oversized: bool,
     /// Events dropped because they were too large.
     pub dropped_events: u64,
+    /// Bytes fed so far.
+    offset: u64,
 }
 
 impl SseParser {
@@ -35,6 +40,9 @@ impl SseParser {
 
     /// Feeds one chunk; calls `on_event` for every event it completes.
     pub fn feed(&mut self, chunk: &[u8], on_event: &mut dyn FnMut(SseEvent<'_>)) {
+        let base = self.offset;
+        self.offset += chunk.len() as u64;
+        let end_of_chunk = base + chunk.len() as u64;
         let mut rest = chunk;
         if !self.started && !rest.is_empty() {
             self.started = true;
@@ -48,22 +56,22 @@ impl SseParser {
         }
         while let Some(pos) = rest.iter().position(|b| *b == b'\n' || *b == b'\r') {
             let terminator = rest[pos];
+            let crlf = terminator == b'\r' && rest.get(pos + 1) == Some(&b'\n');
+            let after = pos + 1 + usize::from(crlf);
+            // Where this line's terminator ends, in the whole stream.
+            let end = end_of_chunk - (rest.len() - after) as u64;
             if self.line.is_empty() {
-                self.process_line(&rest[..pos], on_event);
+                self.process_line(&rest[..pos], end, on_event);
             } else {
                 let mut line = std::mem::take(&mut self.line);
                 self.append_line(&mut line, &rest[..pos]);
-                self.process_line(&line, on_event);
+                self.process_line(&line, end, on_event);
                 line.clear();
                 self.line = line;
             }
-            rest = &rest[pos + 1..];
-            if terminator == b'\r' {
-                match rest.first() {
-                    Some(b'\n') => rest = &rest[1..],
-                    None => self.pending_cr = true,
-                    Some(_) => {}
-                }
+            rest = &rest[after..];
+            if terminator == b'\r' && !crlf && rest.is_empty() {
+                self.pending_cr = true;
             }
         }
         if !rest.is_empty() {
@@ -82,9 +90,9 @@ impl SseParser {
         line.extend_from_slice(part);
     }
 
-    fn process_line(&mut self, line: &[u8], on_event: &mut dyn FnMut(SseEvent<'_>)) {
+    fn process_line(&mut self, line: &[u8], end: u64, on_event: &mut dyn FnMut(SseEvent<'_>)) {
         if line.is_empty() {
-            self.dispatch(on_event);
+            self.dispatch(end, on_event);
             return;
         }
         if self.oversized || line[0] == b':' {
@@ -115,7 +123,7 @@ impl SseParser {
         }
     }
 
-    fn dispatch(&mut self, on_event: &mut dyn FnMut(SseEvent<'_>)) {
+    fn dispatch(&mut self, end: u64, on_event: &mut dyn FnMut(SseEvent<'_>)) {
         if self.oversized {
             self.dropped_events += 1;
         } else if self.has_data {
@@ -123,6 +131,7 @@ impl SseParser {
             on_event(SseEvent {
                 event: &self.event,
                 data,
+                end,
             });
         }
         self.oversized = false;
@@ -181,6 +190,32 @@ mod tests {
     fn field_without_colon_and_bom() {
         let out = collect(&[b"\xEF\xBB\xBFdata\n\n"]);
         assert_eq!(out, vec![("".into(), "".into())]);
+    }
+
+    #[test]
+    fn event_ends_are_stream_offsets() {
+        let stream = b"data: a\n\ndata: b\r\n\r\n: c\n\ndata: d\r\r";
+        let ends = |size: usize| {
+            let mut ends = Vec::new();
+            let mut p = SseParser::new();
+            for chunk in stream.chunks(size) {
+                p.feed(chunk, &mut |e| ends.push(e.end));
+            }
+            ends
+        };
+        let whole = ends(stream.len());
+        assert_eq!(whole, vec![9, 20, 34]);
+        assert_eq!(&stream[9..20], b"data: b\r\n\r\n");
+        // A CRLF split between chunks: the event is dispatched at the CR, and the LF counts
+        // as the start of the next event. Dropping either event still leaves valid SSE.
+        for size in 1..stream.len() {
+            let split = ends(size);
+            assert_eq!(split.len(), whole.len());
+            assert!(
+                split.iter().zip(&whole).all(|(a, b)| b - a <= 1),
+                "{size}: {split:?}"
+            );
+        }
     }
 
     #[test]

@@ -76,32 +76,30 @@ def test_openai_sdk_buffered_tier_rewrite_and_credentials(weir, rid):
     assert DEMO_KEY not in json.dumps(record)
 
 
-def test_openai_sdk_streaming_gets_usage_from_the_final_chunk(weir, rid):
+def test_openai_sdk_streaming_is_metered_without_the_client_seeing_the_usage_chunk(weir, rid):
     stream = openai_client(weir).chat.completions.create(
         model="fast", messages=MESSAGES, stream=True, extra_headers={"x-weir-request-id": rid}
     )
-    text, usage, models = "", None, set()
-    for chunk in stream:
-        models.add(chunk.model)
-        if chunk.choices:
-            text += chunk.choices[0].delta.content or ""
-        if chunk.usage:
-            usage = chunk.usage
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "Mock reply from gpt-4o-mini: Say hello to the tests"
-    assert models == {"gpt-4o-mini"}
-    assert usage is not None, "Weir asks the provider for usage on streams"
+    assert {c.model for c in chunks} == {"gpt-4o-mini"}
+    # The client did not ask for usage: no usage chunk, no `usage` field at all.
+    assert all(c.choices for c in chunks)
+    assert all("usage" not in c.model_dump(exclude_unset=True) for c in chunks)
 
     [received] = weir.received(rid)
     body = json.loads(received["body"])
     assert body["stream"] is True and body["model"] == "gpt-4o-mini"
-    assert body["stream_options"] == {"include_usage": True}
+    assert body["stream_options"] == {"include_usage": True}  # Weir asked the provider
     assert_no_client_key([received])
 
+    reported = received["reported_usage"]
     record = weir.audit(rid)
     assert record["stream"] is True and record["usage_requested_by_weir"] is True
-    assert record["usage"]["prompt_tokens"] == usage.prompt_tokens
-    assert record["usage"]["completion_tokens"] == usage.completion_tokens
-    assert record["usage"]["total_tokens"] == usage.total_tokens
+    assert record["usage"]["prompt_tokens"] == reported["prompt_tokens"]
+    assert record["usage"]["completion_tokens"] == reported["completion_tokens"]
+    assert record["usage"]["total_tokens"] == reported["total_tokens"]
     assert (record["status"], record["outcome"], record["served_model"]) == (200, "completed", "gpt-4o-mini")
 
 

@@ -184,12 +184,14 @@ async fn handle(
     if path.starts_with("/_mock/") {
         return Ok(control(&state, &method, &path, &query));
     }
+    let seq = state.counter.fetch_add(1, Ordering::Relaxed) + 1;
     {
         let mut received = state.received.lock().unwrap_or_else(|e| e.into_inner());
         if received.len() >= state.args.keep {
             received.remove(0);
         }
         received.push(json!({
+            "seq": seq,
             "listener": listener,
             "method": method.as_str(),
             "path": path,
@@ -279,8 +281,18 @@ async fn handle(
             });
         }
     };
-    let n = state.counter.fetch_add(1, Ordering::Relaxed) + 1;
-    let reply = Reply::new(api, &request, n, cached, reasoning);
+    let reply = Reply::new(api, &request, seq, cached, reasoning);
+    // What this answer reports as usage, in the API's own shape, for tests to compare with.
+    let reported = match api {
+        Api::OpenAi => reply.openai_usage(),
+        Api::Anthropic => reply.anthropic_usage(reply.completion_tokens()),
+    };
+    {
+        let mut received = state.received.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(record) = received.iter_mut().rev().find(|r| r["seq"] == json!(seq)) {
+            record["reported_usage"] = reported;
+        }
+    }
     let stream = request
         .get("stream")
         .and_then(Value::as_bool)

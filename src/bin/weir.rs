@@ -123,6 +123,12 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Check { config } => {
+            for warning in resolve(&config)?.unpriced_targets() {
+                eprintln!(
+                    "warning: {}: {warning}; its cost will be flagged unpriced",
+                    config.display()
+                );
+            }
             let (config, gateway) = load(&config)?;
             println!(
                 "{}: ok ({} providers, {} tiers, {} keys)",

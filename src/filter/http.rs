@@ -8,13 +8,16 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use super::host::{self, REQUEST_BODY, REQUEST_HEADERS, RESPONSE_BODY, RESPONSE_HEADERS};
-use crate::audit::{millis, AuditRecord, Outcome};
-use crate::body::{json_string, parse_llm_request, splice, Edit};
+use super::metrics;
+use crate::audit::{millis, AuditRecord, CostRecord, Outcome};
+use crate::body::{json_string, parse_llm_request, remove_member, splice, Edit};
 use crate::config::{Api, Gateway};
+use crate::directives::{self, Directives};
 use crate::endpoint::{error_api, Endpoint};
 use crate::errors::{ErrorKind, GatewayError};
 use crate::jwt::{self, JwtIdentity};
 use crate::keys::{presented_key, PresentedKey};
+use crate::metrics::name as metric;
 use crate::models;
 use crate::providers::{openai, ResponseMeter};
 use crate::routing::{printable, route};
@@ -24,6 +27,9 @@ use crate::scopes::Scopes;
 const CLIENT_CREDENTIAL_HEADERS: [&str; 2] = ["authorization", "x-api-key"];
 /// Weir's request-id directive and response header.
 const REQUEST_ID_HEADER: &str = "x-weir-request-id";
+const RUN_ID_HEADER: &str = "x-weir-run-id";
+/// Directive headers: read by Weir, never forwarded.
+const DIRECTIVE_HEADERS: [&str; 4] = ["x-weir-user", RUN_ID_HEADER, "x-weir-tags", "x-weir-policy"];
 /// A copy of a buffered response larger than this is not kept for accounting.
 const MAX_METERED_JSON: usize = 16 * 1024 * 1024;
 
@@ -61,8 +67,15 @@ pub struct WeirHttp {
     /// The API the client speaks, for error shapes and response metering.
     api: Api,
     record: AuditRecord,
+    directives: Directives,
+    /// The model Weir sent upstream (the price fallback when the provider names another).
+    target_model: Option<String>,
     meter: Option<ResponseMeter>,
     response_complete: bool,
+    /// Buffer the (JSON) response to add the `weir` metadata object.
+    inject_metadata: bool,
+    /// Usage and cost have been taken from the meter.
+    settled: bool,
 }
 
 impl WeirHttp {
@@ -74,8 +87,12 @@ impl WeirHttp {
             started: SystemTime::UNIX_EPOCH,
             api: Api::Openai,
             record: AuditRecord::default(),
+            directives: Directives::default(),
+            target_model: None,
             meter: None,
             response_complete: false,
+            inject_metadata: false,
+            settled: false,
         }
     }
 
@@ -90,9 +107,11 @@ impl WeirHttp {
         self.record.reason = Some(error.message.clone());
         self.phase = Phase::Answered;
         let body = error.render(self.api);
+        let run_id = self.run_id().to_string();
         let headers = [
             ("content-type", "application/json"),
             (REQUEST_ID_HEADER, self.record.request_id.as_str()),
+            (RUN_ID_HEADER, run_id.as_str()),
         ];
         let details = format!("weir_{}", error.code());
         if let Err(status_code) = host::send_local_response(status, &headers, &body, &details) {
@@ -101,13 +120,46 @@ impl WeirHttp {
         Action::Pause
     }
 
+    /// The run this request belongs to: the caller's, else a run of its own.
+    fn run_id(&self) -> &str {
+        self.directives
+            .run_id
+            .as_deref()
+            .unwrap_or(&self.record.request_id)
+    }
+
+    /// Reads the `x-weir-*` directive headers.
+    fn header_directives(&mut self) -> Result<(), Action> {
+        let read = |name: &str| host::header(REQUEST_HEADERS, name);
+        let mut d = Directives::default();
+        let result = (|| -> Result<(), String> {
+            d.user = read("x-weir-user")
+                .map(|v| directives::check_id("x-weir-user", &v))
+                .transpose()?;
+            d.run_id = read(RUN_ID_HEADER)
+                .map(|v| directives::check_id(RUN_ID_HEADER, &v))
+                .transpose()?;
+            d.policy = read("x-weir-policy")
+                .map(|v| directives::check_id("x-weir-policy", &v))
+                .transpose()?;
+            if let Some(tags) = read("x-weir-tags") {
+                d.tags = directives::check_tags(&tags.split(|b| *b == b',').collect::<Vec<_>>())?;
+            }
+            Ok(())
+        })();
+        self.directives = d;
+        result.map_err(|message| self.reject(GatewayError::new(ErrorKind::BadRequest, message)))
+    }
+
     /// Answers a request Weir serves itself (e.g. `/v1/models`).
     fn answer(&mut self, body: &[u8]) -> Action {
         self.record.outcome = Outcome::Completed;
         self.phase = Phase::Answered;
+        let run_id = self.run_id().to_string();
         let headers = [
             ("content-type", "application/json"),
             (REQUEST_ID_HEADER, self.record.request_id.as_str()),
+            (RUN_ID_HEADER, run_id.as_str()),
         ];
         if let Err(status_code) = host::send_local_response(200, &headers, body, "weir_answered") {
             log::error!("weir: local reply failed with status {status_code}");
@@ -233,6 +285,7 @@ impl WeirHttp {
             },
             None => envoy_request_id(),
         };
+        self.header_directives()?;
 
         let Some(endpoint) = Endpoint::classify(&path) else {
             return Err(self.reject(GatewayError::new(
@@ -276,6 +329,10 @@ impl WeirHttp {
         if let Some(config) = &gateway.jwt {
             host::remove_header(REQUEST_HEADERS, &config.payload_header)
                 .map_err(|s| self.internal("removing the token payload", s))?;
+        }
+        for name in DIRECTIVE_HEADERS {
+            host::remove_header(REQUEST_HEADERS, name)
+                .map_err(|s| self.internal("removing a directive header", s))?;
         }
 
         if endpoint == Endpoint::Models {
@@ -322,6 +379,44 @@ impl WeirHttp {
         self.record.requested_model = Some(request.model.clone());
         self.record.stream = request.stream;
 
+        // Directives from the `weir` body object (headers win), removed from the body.
+        let mut weir_edit = None;
+        if let Some(field) = &request.weir {
+            let from_body = directives::from_body(field.text()).map_err(|message| {
+                self.reject(
+                    GatewayError::new(ErrorKind::BadRequest, message).with_param(Some("weir")),
+                )
+            })?;
+            if let Some(id) = &from_body.request_id {
+                if host::header(REQUEST_HEADERS, REQUEST_ID_HEADER).is_none() {
+                    match valid_request_id(id.as_bytes()) {
+                        Some(id) => self.record.request_id = id,
+                        None => {
+                            return Err(self.reject(
+                                GatewayError::new(
+                                    ErrorKind::BadRequest,
+                                    "weir.request_id must be 1 to 128 characters of letters, digits, '.', '_', ':' and '-'.",
+                                )
+                                .with_param(Some("weir")),
+                            ))
+                        }
+                    }
+                }
+            }
+            self.directives.merge_body(from_body);
+            weir_edit = Some(remove_member(&body, field).ok_or_else(|| {
+                self.reject(
+                    GatewayError::new(
+                        ErrorKind::BadRequest,
+                        "Write the `weir` key without escape sequences.",
+                    )
+                    .with_param(Some("weir")),
+                )
+            })?);
+        }
+        self.record.user = self.directives.user.clone();
+        self.record.tags = self.directives.tags.clone();
+
         let may_use =
             scopes_of(&gateway, &self.caller).is_some_and(|s| s.allows_model(&request.model));
         if !may_use {
@@ -352,6 +447,7 @@ impl WeirHttp {
                 false,
             ),
         };
+        edits.extend(weir_edit);
         let new_body = splice(&body, &mut edits);
         host::set_buffer(REQUEST_BODY, 0, body_size, &new_body)
             .map_err(|s| self.internal("replacing the request body", s))?;
@@ -383,6 +479,7 @@ impl WeirHttp {
 
         self.record.tier = Some(route.tier.to_string());
         self.record.served_model = Some(route.target.model.clone());
+        self.target_model = Some(route.target.model.clone());
         self.record.provider = Some(provider.name.clone());
         self.record.cluster = Some(route.target.cluster.clone());
         self.record.usage_requested_by_weir = usage_added;
@@ -390,12 +487,12 @@ impl WeirHttp {
         Ok(Action::Continue)
     }
 
-    fn finish_record(&mut self) {
-        let now = host::now();
-        self.record.status = host::property_u64(&["response", "code"]).unwrap_or(0) as u32;
-        self.record.detail = host::property(&["response", "code_details"])
-            .and_then(|d| String::from_utf8(d).ok())
-            .filter(|d| !d.is_empty());
+    /// Takes usage from the meter and prices it (once).
+    fn settle(&mut self) {
+        if self.settled || self.phase != Phase::Forwarded {
+            return;
+        }
+        self.settled = true;
         if let Some(meter) = &mut self.meter {
             if !self.response_complete {
                 // An aborted stream still counts what was seen; a partial JSON body has no usage.
@@ -406,6 +503,42 @@ impl WeirHttp {
             if facts.served_model.is_some() {
                 self.record.served_model = facts.served_model;
             }
+        }
+        let Some(gateway) = self.gateway.clone() else {
+            return;
+        };
+        let Some(usage) = self.record.usage else {
+            self.record.cost_status = Some("no_usage");
+            return;
+        };
+        match gateway.price(
+            self.record.served_model.as_deref(),
+            self.target_model.as_deref(),
+        ) {
+            Some((priced_as, price)) => {
+                let cost = price.cost(&usage);
+                self.record.cost = Some(CostRecord {
+                    currency: gateway.settings.currency.clone(),
+                    micros: cost.micros(),
+                    picos: cost.picos,
+                    priced_as: priced_as.to_string(),
+                });
+                self.record.cost_status = Some("priced");
+            }
+            None => self.record.cost_status = Some("unpriced"),
+        }
+    }
+
+    fn finish_record(&mut self) {
+        let now = host::now();
+        self.record.status = host::property_u64(&["response", "code"]).unwrap_or(0) as u32;
+        self.record.detail = host::property(&["response", "code_details"])
+            .and_then(|d| String::from_utf8(d).ok())
+            .filter(|d| !d.is_empty());
+        self.settle();
+        self.record.run_id = self.run_id().to_string();
+        if self.phase == Phase::Forwarded && self.record.attempts == 0 {
+            self.record.attempts = 1;
         }
         self.record.outcome = match self.phase {
             Phase::Answered => self.record.outcome,
@@ -430,7 +563,118 @@ impl WeirHttp {
             }
             Phase::Start | Phase::AwaitingBody => Outcome::ClientAborted,
         };
+        self.record.decision = match self.record.outcome {
+            Outcome::Denied => "deny",
+            Outcome::Error => "error",
+            _ => "allow",
+        };
         self.record.duration_ms = millis(now.duration_since(self.started).unwrap_or_default());
+    }
+}
+
+impl WeirHttp {
+    /// Buffers a successful JSON response and adds the `weir` object at its top.
+    fn add_metadata(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if !end_of_stream {
+            return Action::Pause; // Envoy buffers until the end.
+        }
+        let body = host::buffer(RESPONSE_BODY, 0, body_size).unwrap_or_default();
+        if let Some(meter) = &mut self.meter {
+            meter.feed(&body, true);
+            meter.finish();
+        }
+        self.response_complete = true;
+        self.settle();
+        let metadata = serde_json::json!({
+            "request_id": self.record.request_id,
+            "run_id": self.run_id(),
+            "tier": self.record.tier,
+            "served_model": self.record.served_model,
+            "usage": self.record.usage,
+            "cost": self.record.cost,
+            "cost_status": self.record.cost_status,
+        });
+        let Some(open) = body.iter().position(|b| *b == b'{') else {
+            return Action::Continue;
+        };
+        let empty_object =
+            body[open + 1..].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
+        let mut member = format!("\"weir\":{metadata}").into_bytes();
+        if !empty_object {
+            member.push(b',');
+        }
+        let new_body = splice(
+            &body,
+            &mut [Edit {
+                range: open + 1..open + 1,
+                with: member,
+            }],
+        );
+        if let Err(s) = host::set_buffer(RESPONSE_BODY, 0, body_size, &new_body) {
+            log::warn!("weir: could not add response metadata (host status {s})");
+        }
+        Action::Continue
+    }
+
+    /// Counters and histograms for Prometheus (labels through Envoy's `stats_tags`).
+    fn record_metrics(&self) {
+        let r = &self.record;
+        let endpoint = r.endpoint.unwrap_or("unknown");
+        let tier = r.tier.as_deref().unwrap_or("none");
+        let status = r.status.to_string();
+        metrics::count(
+            &metric(
+                "weir_requests_total",
+                &[
+                    ("endpoint", endpoint),
+                    ("tier", tier),
+                    ("decision", r.decision),
+                    ("status", &status),
+                ],
+            ),
+            1,
+        );
+        // The configured model, never the provider's string: labels must stay bounded.
+        let model = self.target_model.as_deref().unwrap_or("none");
+        if let Some(u) = &r.usage {
+            for (direction, n) in [
+                ("prompt", u.prompt_tokens),
+                ("completion", u.completion_tokens),
+                ("cached", u.cached_tokens),
+                ("cache_write", u.cache_write_tokens),
+                ("reasoning", u.reasoning_tokens),
+            ] {
+                metrics::count(
+                    &metric(
+                        "weir_tokens_total",
+                        &[("direction", direction), ("model", model)],
+                    ),
+                    n,
+                );
+            }
+        }
+        let team = r.team.as_deref().unwrap_or("none");
+        if let Some(cost) = &r.cost {
+            metrics::count(
+                &metric(
+                    "weir_cost_micros_total",
+                    &[("model", model), ("team", team)],
+                ),
+                cost.micros,
+            );
+        }
+        if r.cost_status == Some("unpriced") {
+            metrics::count(
+                &metric("weir_unpriced_requests_total", &[("model", model)]),
+                1,
+            );
+        }
+        if let Some(ttfb) = r.ttfb_ms {
+            metrics::record(
+                &metric("weir_ttfb_ms", &[("endpoint", endpoint)]),
+                ttfb as u64,
+            );
+        }
     }
 }
 
@@ -459,13 +703,45 @@ impl HttpContext for WeirHttp {
         self.record.ttfb_ms = Some(millis(
             host::now().duration_since(self.started).unwrap_or_default(),
         ));
-        let streaming = host::header(RESPONSE_HEADERS, "content-type")
-            .is_some_and(|ct| ct.starts_with(b"text/event-stream"));
-        self.meter = Some(ResponseMeter::new(self.api, streaming, MAX_METERED_JSON));
-        if let Err(s) =
-            host::set_header(RESPONSE_HEADERS, REQUEST_ID_HEADER, &self.record.request_id)
+        let content_type = host::header(RESPONSE_HEADERS, "content-type").unwrap_or_default();
+        let streaming = content_type.starts_with(b"text/event-stream");
+        let meter = ResponseMeter::new(
+            self.api,
+            streaming,
+            MAX_METERED_JSON,
+            self.record.usage_requested_by_weir,
+        );
+        let success =
+            host::header(RESPONSE_HEADERS, ":status").is_some_and(|s| s.starts_with(b"2"));
+        self.inject_metadata = !streaming
+            && !end_of_stream
+            && success
+            && content_type.starts_with(b"application/json")
+            && self
+                .gateway
+                .as_ref()
+                .is_some_and(|g| g.settings.response_metadata);
+        if meter.rewrites() || self.inject_metadata {
+            // The body changes length.
+            if let Err(s) = host::remove_header(RESPONSE_HEADERS, "content-length") {
+                log::warn!("weir: could not remove the response content-length (host status {s})");
+            }
+        }
+        self.meter = Some(meter);
+        // Envoy reports retries in this header (virtual host `include_attempt_count_in_response`).
+        if let Some(n) =
+            host::header_str(RESPONSE_HEADERS, "x-envoy-attempt-count").and_then(|n| n.parse().ok())
         {
-            log::warn!("weir: could not set the response request id (host status {s})");
+            self.record.attempts = n;
+        }
+        let run_id = self.run_id().to_string();
+        for (name, value) in [
+            (REQUEST_ID_HEADER, self.record.request_id.as_str()),
+            (RUN_ID_HEADER, run_id.as_str()),
+        ] {
+            if let Err(s) = host::set_header(RESPONSE_HEADERS, name, value) {
+                log::warn!("weir: could not set the response header {name} (host status {s})");
+            }
         }
         if end_of_stream {
             self.response_complete = true;
@@ -474,22 +750,34 @@ impl HttpContext for WeirHttp {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if let Some(meter) = &mut self.meter {
-            if body_size > 0 {
-                if let Some(chunk) = host::buffer(RESPONSE_BODY, 0, body_size) {
-                    meter.feed(&chunk);
+        if self.inject_metadata {
+            return self.add_metadata(body_size, end_of_stream);
+        }
+        let Some(meter) = &mut self.meter else {
+            return Action::Continue;
+        };
+        let chunk = if body_size > 0 {
+            host::buffer(RESPONSE_BODY, 0, body_size).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        if let Some(replacement) = meter.feed(&chunk, end_of_stream) {
+            if replacement != chunk {
+                if let Err(s) = host::set_buffer(RESPONSE_BODY, 0, body_size, &replacement) {
+                    log::warn!("weir: could not rewrite the response stream (host status {s})");
                 }
             }
-            if end_of_stream {
-                meter.finish();
-                self.response_complete = true;
-            }
+        }
+        if end_of_stream {
+            meter.finish();
+            self.response_complete = true;
         }
         Action::Continue
     }
 
     fn on_log(&mut self) {
         self.finish_record();
+        self.record_metrics();
         let property = self
             .gateway
             .as_ref()

@@ -2,4 +2,5 @@
 
 pub mod host;
 pub mod http;
+pub mod metrics;
 pub mod root;

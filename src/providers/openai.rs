@@ -4,8 +4,8 @@
 use serde::Deserialize;
 
 use super::ResponseFacts;
-use crate::body::{json_string, Edit, LlmRequest};
-use crate::usage::{has_usage_object, Usage};
+use crate::body::{json_string, member_range, Edit, LlmRequest};
+use crate::usage::{find, has_usage_object, Usage};
 
 #[derive(Debug, Default, Deserialize)]
 pub struct OpenAiUsage {
@@ -95,6 +95,54 @@ pub fn on_sse_event(facts: &mut ResponseFacts, data: &[u8]) {
             facts.usage = Some(u.to_usage());
         }
     }
+}
+
+/// What to do with a stream event when Weir, not the client, asked for usage.
+#[derive(Debug, PartialEq, Eq)]
+pub enum UsageStrip {
+    Keep,
+    /// The usage-only chunk (`"choices": []`): the client did not ask for it.
+    Drop,
+    /// A chunk with `"usage": null` at this range of the event's raw bytes.
+    Cut(std::ops::Range<usize>),
+}
+
+#[derive(Deserialize)]
+struct ChoicesOnly {
+    #[serde(default)]
+    choices: Vec<serde::de::IgnoredAny>,
+}
+
+/// Decides how to restore the stream the client asked for. `raw` is the event's bytes as
+/// sent (`data: {...}` and its line ends), `data` its payload.
+pub fn strip_usage(raw: &[u8], data: &[u8]) -> UsageStrip {
+    if has_usage_object(data) {
+        return match serde_json::from_slice::<ChoicesOnly>(data) {
+            Ok(c) if c.choices.is_empty() => UsageStrip::Drop,
+            // Usage on a chunk that also carries content: keep the content.
+            _ => UsageStrip::Keep,
+        };
+    }
+    // `"usage"` can only appear unescaped as a key: inside strings its quotes are escaped.
+    let Some(key_start) = find(raw, b"\"usage\"") else {
+        return UsageStrip::Keep;
+    };
+    let mut at = key_start + b"\"usage\"".len();
+    let skip_ws = |at: &mut usize| {
+        while raw.get(*at).is_some_and(u8::is_ascii_whitespace) {
+            *at += 1;
+        }
+    };
+    skip_ws(&mut at);
+    if raw.get(at) != Some(&b':') {
+        return UsageStrip::Keep;
+    }
+    at += 1;
+    skip_ws(&mut at);
+    if !raw[at..].starts_with(b"null") {
+        return UsageStrip::Keep;
+    }
+    UsageStrip::Cut(member_range(raw, key_start, at + 4))
 }
 
 /// The edits that turn the client's request into the provider's: the concrete model, and
@@ -196,6 +244,28 @@ mod tests {
             (10, 5, 15)
         );
         assert_eq!((u.cached_tokens, u.reasoning_tokens), (4, 2));
+    }
+
+    #[test]
+    fn strip_decisions() {
+        let raw = b"data: {\"id\":\"x\",\"choices\":[{\"delta\":{\"content\":\"say \\\"usage\\\": null\"}}],\"usage\":null}\n\n";
+        let data = &raw[6..raw.len() - 2];
+        let UsageStrip::Cut(range) = strip_usage(raw, data) else {
+            panic!()
+        };
+        let mut out = raw.to_vec();
+        out.drain(range);
+        assert_eq!(out, b"data: {\"id\":\"x\",\"choices\":[{\"delta\":{\"content\":\"say \\\"usage\\\": null\"}}]}\n\n".to_vec());
+        let usage_only = br#"{"id":"x","choices":[],"usage":{"prompt_tokens":1}}"#;
+        assert_eq!(strip_usage(usage_only, usage_only), UsageStrip::Drop);
+        let with_content = br#"{"choices":[{"delta":{}}],"usage":{"prompt_tokens":1}}"#;
+        assert_eq!(strip_usage(with_content, with_content), UsageStrip::Keep);
+        assert_eq!(strip_usage(b"[DONE]", b"[DONE]"), UsageStrip::Keep);
+        let first = br#"{"usage": null, "id":"x"}"#;
+        let UsageStrip::Cut(range) = strip_usage(first, first) else {
+            panic!()
+        };
+        assert_eq!(&first[range], br#""usage": null,"#);
     }
 
     #[test]
