@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 WASM   := target/wasm32-wasip1/release/weir.wasm
 TARGET := wasm32-wasip1
 
-.PHONY: help run test unit integration lint fmt wasm bins venv wasm-target clean
+.PHONY: help run test unit policy-test integration lint fmt wasm bins venv wasm-target clean
 
 help:
 	@echo "make run    build Weir and start Envoy with it in front of the mock (or real) providers"
@@ -19,7 +19,7 @@ help:
 run: wasm bins venv
 	@$(PY) tools/devstack.py run
 
-test: lint unit integration
+test: lint unit policy-test integration
 
 # -- steps ------------------------------------------------------------------------------------
 wasm-target:
@@ -40,6 +40,9 @@ venv: $(VENV)/.installed
 
 unit:
 	cargo test --all-targets
+
+policy-test: bins
+	target/debug/weir policy test -c envoy/weir.toml
 
 integration: wasm bins venv
 	$(PY) -m pytest -q tests

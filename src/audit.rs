@@ -56,6 +56,14 @@ pub struct AuditRecord {
     /// Weir added `stream_options.include_usage` to get usage from the provider.
     pub usage_requested_by_weir: bool,
     pub outcome: Outcome,
+    /// The policy evaluated, if any.
+    pub policy: Option<String>,
+    /// Its evaluation time in microseconds.
+    pub policy_us: Option<u64>,
+    /// The tier the policy forced, if it did.
+    pub policy_tier: Option<String>,
+    /// The `max_tokens` cap the policy set, if it did.
+    pub max_tokens_cap: Option<u64>,
     /// `allow` (forwarded or answered), `deny` (refused by Weir), `error` (Weir failed).
     pub decision: &'static str,
     /// Upstream attempts (0 when the request was not forwarded).
@@ -118,7 +126,7 @@ mod tests {
         assert_eq!(v["outcome"], "client_aborted");
         assert_eq!(v["usage"]["prompt_tokens"], 1);
         assert!(v.get("key_id").unwrap().is_null());
-        assert_eq!(v.as_object().unwrap().len(), 32);
+        assert_eq!(v.as_object().unwrap().len(), 36);
     }
 
     #[test]

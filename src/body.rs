@@ -216,6 +216,13 @@ pub struct LlmRequest<'a> {
     pub stream_options: Option<RawField<'a>>,
     /// Weir's own directives object, removed before the body goes upstream.
     pub weir: Option<RawField<'a>>,
+    pub max_tokens: Option<RawField<'a>>,
+    pub max_completion_tokens: Option<RawField<'a>>,
+    pub temperature: Option<RawField<'a>>,
+    pub messages: Option<RawField<'a>>,
+    pub tools: Option<RawField<'a>>,
+    /// Anthropic's system prompt.
+    pub system: Option<RawField<'a>>,
     /// Byte offset of the opening `{` of the top-level object.
     pub object_start: usize,
 }
@@ -224,8 +231,22 @@ pub const MAX_MODEL_LEN: usize = 256;
 
 /// Reads `model`, `stream` and `stream_options` from a request body.
 pub fn parse_llm_request(body: &[u8]) -> Result<LlmRequest<'_>, BodyError> {
-    let [model, stream, stream_options, weir] =
-        scan_object(body, ["model", "stream", "stream_options", "weir"])?;
+    let [model, stream, stream_options, weir, max_tokens, max_completion_tokens, temperature, messages, tools, system] =
+        scan_object(
+            body,
+            [
+                "model",
+                "stream",
+                "stream_options",
+                "weir",
+                "max_tokens",
+                "max_completion_tokens",
+                "temperature",
+                "messages",
+                "tools",
+                "system",
+            ],
+        )?;
     let model_field = model
         .ok_or_else(|| BodyError::new("You must provide a model parameter.", Some("model")))?;
     let model: String = serde_json::from_str(model_field.text())
@@ -253,8 +274,144 @@ pub fn parse_llm_request(body: &[u8]) -> Result<LlmRequest<'_>, BodyError> {
         stream,
         stream_options,
         weir,
+        max_tokens,
+        max_completion_tokens,
+        temperature,
+        messages,
+        tools,
+        system,
         object_start,
     })
+}
+
+/// The request's essentials for policies, read only when a policy applies.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Essentials {
+    pub max_tokens: Option<u64>,
+    pub temperature: Option<f64>,
+    pub message_count: usize,
+    /// Characters of text in messages and system prompt.
+    pub input_chars: usize,
+    pub tools: Vec<String>,
+    /// (role, text) per message (the system prompt first), when asked for.
+    pub messages: Option<Vec<(String, String)>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Message {
+    #[serde(default)]
+    role: String,
+    #[serde(default)]
+    content: serde_json::Value,
+}
+
+#[derive(serde::Deserialize)]
+struct Tool {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    function: Option<ToolFunction>,
+}
+
+#[derive(serde::Deserialize)]
+struct ToolFunction {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// Text of a `content` (a string, or parts with `text`) or system prompt.
+fn text_of(content: &serde_json::Value) -> String {
+    match content {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(|t| t.as_str()))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+impl LlmRequest<'_> {
+    /// Reads messages, tools and sampling parameters. Malformed ones are the provider's
+    /// to reject; they simply count as absent here.
+    pub fn essentials(&self, with_text: bool) -> Essentials {
+        let value = |f: &Option<RawField<'_>>| {
+            f.as_ref()
+                .and_then(|f| serde_json::from_str::<serde_json::Value>(f.text()).ok())
+        };
+        let messages: Vec<Message> = self
+            .messages
+            .as_ref()
+            .and_then(|f| serde_json::from_str(f.text()).ok())
+            .unwrap_or_default();
+        let system = value(&self.system).map(|v| text_of(&v)).unwrap_or_default();
+        let mut texts: Vec<(String, String)> = messages
+            .into_iter()
+            .map(|m| (m.role, text_of(&m.content)))
+            .collect();
+        let message_count = texts.len();
+        if !system.is_empty() {
+            texts.insert(0, ("system".to_string(), system));
+        }
+        let tools: Vec<Tool> = self
+            .tools
+            .as_ref()
+            .and_then(|f| serde_json::from_str(f.text()).ok())
+            .unwrap_or_default();
+        Essentials {
+            max_tokens: value(&self.max_completion_tokens)
+                .or_else(|| value(&self.max_tokens))
+                .and_then(|v| v.as_u64()),
+            temperature: value(&self.temperature).and_then(|v| v.as_f64()),
+            message_count,
+            input_chars: texts.iter().map(|(_, t)| t.chars().count()).sum(),
+            tools: tools
+                .into_iter()
+                .filter_map(|t| t.name.or(t.function.and_then(|f| f.name)))
+                .collect(),
+            messages: with_text.then_some(texts),
+        }
+    }
+
+    /// Caps the output tokens at `cap`: lowers the field the client used, or adds one
+    /// (`max_completion_tokens` for OpenAI, `max_tokens` for Anthropic). `None` when the
+    /// request already asks for no more than `cap`.
+    pub fn cap_max_tokens(&self, cap: u64, openai: bool) -> Option<Edit> {
+        let field = if openai {
+            self.max_completion_tokens
+                .as_ref()
+                .or(self.max_tokens.as_ref())
+        } else {
+            self.max_tokens.as_ref()
+        };
+        match field {
+            Some(f) => {
+                let current = serde_json::from_str::<serde_json::Value>(f.text())
+                    .ok()
+                    .and_then(|v| v.as_u64());
+                if current.is_some_and(|c| c <= cap) {
+                    return None;
+                }
+                Some(Edit {
+                    range: f.range(),
+                    with: cap.to_string().into_bytes(),
+                })
+            }
+            None => {
+                let name = if openai {
+                    "max_completion_tokens"
+                } else {
+                    "max_tokens"
+                };
+                let at = self.object_start + 1;
+                Some(Edit {
+                    range: at..at,
+                    with: format!("\"{name}\":{cap},").into_bytes(),
+                })
+            }
+        }
+    }
 }
 
 /// The edit that removes a whole top-level member (key, value and one adjacent comma).
@@ -410,6 +567,45 @@ mod tests {
         assert_eq!(
             splice(body, &mut edits),
             br#"{"model":"gpt-4o-mini","x":1}"#.to_vec()
+        );
+    }
+
+    #[test]
+    fn essentials_and_caps() {
+        let body = br#"{"model":"m","max_tokens":900,"temperature":0.5,"system":"Be brief",
+            "messages":[{"role":"user","content":"hello there"},{"role":"assistant","content":[{"type":"text","text":"hi"}]}],
+            "tools":[{"type":"function","function":{"name":"lookup"}},{"name":"search"}]}"#;
+        let req = parse_llm_request(body).unwrap();
+        let e = req.essentials(true);
+        assert_eq!(
+            (e.max_tokens, e.temperature, e.message_count),
+            (Some(900), Some(0.5), 2)
+        );
+        assert_eq!(e.input_chars, "Be brief".len() + "hello there".len() + 2);
+        assert_eq!(e.tools, vec!["lookup", "search"]);
+        assert_eq!(
+            e.messages.unwrap()[1],
+            ("user".to_string(), "hello there".to_string())
+        );
+        assert!(req.essentials(false).messages.is_none());
+
+        let capped = splice(body, &mut [req.cap_max_tokens(256, true).unwrap()]);
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&capped).unwrap()["max_tokens"],
+            256
+        );
+        assert!(req.cap_max_tokens(1000, true).is_none());
+        let bare = br#"{"model":"m"}"#;
+        let req = parse_llm_request(bare).unwrap();
+        let out = splice(bare, &mut [req.cap_max_tokens(64, true).unwrap()]);
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&out).unwrap()["max_completion_tokens"],
+            64
+        );
+        let out = splice(bare, &mut [req.cap_max_tokens(64, false).unwrap()]);
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&out).unwrap()["max_tokens"],
+            64
         );
     }
 

@@ -32,6 +32,25 @@ pub struct Config {
     /// Caller identity from a JWT verified by Envoy's `jwt_authn` filter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt: Option<JwtConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyConfig>,
+}
+
+/// Rego policies. Operators set `dir` and `default`; `weir bundle` reads the directory and
+/// fills in `modules` and `data`, which is what the filter receives.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Directory of `*.rego` and `*.json` files, relative to the configuration file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+    /// The policy for requests that name none and whose key has no default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modules: Vec<crate::policy::PolicyModule>,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub data: serde_json::Value,
 }
 
 /// How to read a caller's identity from the JWT payload `jwt_authn` forwards.
@@ -302,6 +321,8 @@ pub struct Gateway {
     pub keys: KeyIndex,
     pub jwt: Option<JwtConfig>,
     pub prices: HashMap<String, ModelPrice>,
+    /// Compiled once per VM; evaluation needs `&mut` (the engine keeps its input).
+    pub policies: Option<std::cell::RefCell<crate::policy::PolicySet>>,
 }
 
 impl Gateway {
@@ -482,7 +503,27 @@ impl Config {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            policies: self.compile_policies()?.map(std::cell::RefCell::new),
         })
+    }
+
+    /// Compiles the bundled policies (none configured: `None`).
+    pub fn compile_policies(&self) -> Result<Option<crate::policy::PolicySet>, ConfigError> {
+        let Some(p) = &self.policy else {
+            return Ok(None);
+        };
+        if p.modules.is_empty() {
+            if let Some(d) = &p.default {
+                return Err(err(
+                    "policy.default",
+                    format!("{d:?}: no policies are bundled"),
+                ));
+            }
+            return Ok(None);
+        }
+        crate::policy::PolicySet::compile(&p.modules, &p.data, p.default.as_deref())
+            .map(Some)
+            .map_err(|reason| err("policy", reason))
     }
 
     /// Tier targets whose model has no price: their requests are flagged `unpriced`.
@@ -555,6 +596,14 @@ pub fn compile_keys(records: &[KeyConfig]) -> Result<KeyIndex, ConfigError> {
                 format!("{path}.expires_at"),
                 "a rotated key (with a successor) needs expires_at: the end of its overlap window",
             ));
+        }
+        if let Some(policy) = &k.default_policy {
+            if !crate::policy::valid_policy_name(policy) {
+                return Err(err(
+                    format!("{path}.default_policy"),
+                    "must be lower-case letters, digits and _",
+                ));
+            }
         }
         for (name, value) in &k.metadata {
             check_name(&format!("{path}.metadata"), name)?;

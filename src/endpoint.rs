@@ -10,6 +10,8 @@ pub enum Endpoint {
     Messages,
     /// `GET /v1/models`: what the caller may use, answered by Weir itself.
     Models,
+    /// `POST /v1/weir/advice`: the decision and route for a request, without calling a provider.
+    Advice,
 }
 
 impl Endpoint {
@@ -21,6 +23,7 @@ impl Endpoint {
             "/v1/chat/completions" => Some(Endpoint::ChatCompletions),
             "/v1/messages" => Some(Endpoint::Messages),
             "/v1/models" => Some(Endpoint::Models),
+            "/v1/weir/advice" => Some(Endpoint::Advice),
             _ => None,
         }
     }
@@ -31,7 +34,7 @@ impl Endpoint {
         match self {
             Endpoint::ChatCompletions => Some(Api::Openai),
             Endpoint::Messages => Some(Api::Anthropic),
-            Endpoint::Models => None,
+            Endpoint::Models | Endpoint::Advice => None,
         }
     }
 
@@ -40,6 +43,7 @@ impl Endpoint {
             Endpoint::ChatCompletions => "chat_completions",
             Endpoint::Messages => "messages",
             Endpoint::Models => "models",
+            Endpoint::Advice => "advice",
         }
     }
 
@@ -49,6 +53,7 @@ impl Endpoint {
             Endpoint::ChatCompletions => "chat",
             Endpoint::Messages => "messages",
             Endpoint::Models => "models",
+            Endpoint::Advice => "advice",
         }
     }
 

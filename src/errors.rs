@@ -8,7 +8,9 @@ pub enum ErrorKind {
     BadRequest,
     /// 401: no key, unknown key, expired or revoked key.
     Unauthorized,
-    /// 403: the caller lacks a scope.
+    /// 402: a policy (or budget) refuses for payment reasons.
+    PaymentRequired,
+    /// 403: the caller lacks a scope, or a policy denies.
     Forbidden,
     /// 404: unknown model or tier.
     ModelNotFound,
@@ -18,6 +20,8 @@ pub enum ErrorKind {
     MethodNotAllowed,
     /// 413: body over the configured limit.
     PayloadTooLarge,
+    /// 429: a policy (or rate limit) says later; always with `Retry-After`.
+    RateLimited,
     /// 500: Weir itself failed; the request is not forwarded.
     Internal,
 }
@@ -28,6 +32,8 @@ pub struct GatewayError {
     pub message: String,
     pub param: Option<&'static str>,
     code: Option<&'static str>,
+    /// Seconds for `Retry-After` (429).
+    pub retry_after: Option<u64>,
 }
 
 impl GatewayError {
@@ -37,6 +43,7 @@ impl GatewayError {
             message: message.into(),
             param: None,
             code: None,
+            retry_after: None,
         }
     }
 
@@ -55,7 +62,9 @@ impl GatewayError {
         match self.kind {
             ErrorKind::BadRequest => 400,
             ErrorKind::Unauthorized => 401,
+            ErrorKind::PaymentRequired => 402,
             ErrorKind::Forbidden => 403,
+            ErrorKind::RateLimited => 429,
             ErrorKind::ModelNotFound | ErrorKind::EndpointNotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::PayloadTooLarge => 413,
@@ -72,6 +81,8 @@ impl GatewayError {
             ErrorKind::BadRequest => "invalid_request",
             ErrorKind::Unauthorized => "invalid_api_key",
             ErrorKind::Forbidden => "missing_scope",
+            ErrorKind::PaymentRequired => "payment_required",
+            ErrorKind::RateLimited => "rate_limit_exceeded",
             ErrorKind::ModelNotFound => "model_not_found",
             ErrorKind::EndpointNotFound => "unknown_url",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
@@ -87,6 +98,8 @@ impl GatewayError {
                 let error_type = match self.kind {
                     ErrorKind::Internal => "server_error",
                     ErrorKind::Forbidden => "permission_error",
+                    ErrorKind::RateLimited => "rate_limit_error",
+                    ErrorKind::PaymentRequired => "insufficient_quota",
                     _ => "invalid_request_error",
                 };
                 serde_json::json!({
@@ -102,7 +115,8 @@ impl GatewayError {
                 let error_type = match self.kind {
                     ErrorKind::BadRequest | ErrorKind::MethodNotAllowed => "invalid_request_error",
                     ErrorKind::Unauthorized => "authentication_error",
-                    ErrorKind::Forbidden => "permission_error",
+                    ErrorKind::Forbidden | ErrorKind::PaymentRequired => "permission_error",
+                    ErrorKind::RateLimited => "rate_limit_error",
                     ErrorKind::ModelNotFound | ErrorKind::EndpointNotFound => "not_found_error",
                     ErrorKind::PayloadTooLarge => "request_too_large",
                     ErrorKind::Internal => "api_error",

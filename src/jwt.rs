@@ -9,13 +9,15 @@ use serde_json::Value;
 use crate::config::JwtConfig;
 use crate::scopes::Scopes;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JwtIdentity {
     /// `jwt:<subject>`: what audit records show in place of a key id.
     pub id: String,
     pub team: String,
     pub project: Option<String>,
     pub scopes: Scopes,
+    /// The verified payload, for policies.
+    pub claims: Value,
 }
 
 /// A claim by dotted path (`org.team`), as a string.
@@ -70,6 +72,7 @@ pub fn identity(config: &JwtConfig, header_value: &[u8]) -> Result<JwtIdentity, 
         team,
         project,
         scopes,
+        claims: payload,
     })
 }
 

@@ -13,6 +13,7 @@ pub mod jwt;
 pub mod keys;
 pub mod metrics;
 pub mod models;
+pub mod policy;
 pub mod providers;
 pub mod routing;
 pub mod scopes;

@@ -3,7 +3,7 @@
 //! `stats_tags` (see envoy/envoy.yaml) turns each `;label=value` into a real Prometheus label.
 
 /// The labels Weir uses; envoy.yaml has one `stats_tags` entry for each.
-pub const LABELS: [&str; 7] = [
+pub const LABELS: [&str; 8] = [
     "endpoint",
     "tier",
     "decision",
@@ -11,6 +11,7 @@ pub const LABELS: [&str; 7] = [
     "direction",
     "model",
     "team",
+    "policy",
 ];
 
 /// A label value that cannot break the encoding: no `;` or `=`, printable, bounded.

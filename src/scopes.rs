@@ -21,6 +21,8 @@ pub struct Scopes {
     all: bool,
     endpoints: Vec<&'static str>,
     models: Vec<String>,
+    /// As configured, for the policy input.
+    raw: Vec<String>,
 }
 
 impl Scopes {
@@ -47,8 +49,13 @@ impl Scopes {
                     ENDPOINT_SCOPES.join(", ")
                 ));
             }
+            out.raw.push(scope.to_string());
         }
         Ok(out)
+    }
+
+    pub fn as_strings(&self) -> &[String] {
+        &self.raw
     }
 
     /// Scopes from a JWT claim: unknown names are ignored (an identity provider may carry

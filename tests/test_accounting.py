@@ -24,7 +24,7 @@ AUTH = {"authorization": f"Bearer {DEMO_KEY}"}
 @pytest.fixture(scope="module")
 def acct(built, tmp_path_factory) -> Running:
     workdir = tmp_path_factory.mktemp("acct")
-    text = (ROOT / "envoy/weir.toml").read_text()
+    text = devstack.sample_config_text()
     text = text.replace("stream_usage = true", "stream_usage = true\nresponse_metadata = true", 1)
     text += '\n[tiers.unpriced]\ntargets = [{ provider = "openai", model = "gpt-experimental" }]\n'
     config = workdir / "weir.toml"
@@ -37,7 +37,7 @@ def acct(built, tmp_path_factory) -> Running:
         stack.stop()
 
 
-PRICES = tomllib.loads((ROOT / "envoy/weir.toml").read_text())["prices"]
+PRICES = tomllib.loads(devstack.sample_config_text())["prices"]
 
 
 def expected_picos(model: str, usage: dict) -> int:
@@ -175,7 +175,7 @@ def test_directives_from_headers_and_from_the_weir_body_object(acct, rid):
                           headers=headers, timeout=30)
     assert response.headers["x-weir-run-id"] == "run-7"
     record = acct.audit(rid)
-    assert (record["user"], record["run_id"], record["tags"]) == ("user-42@acme", "run-7", ["checkout", "experiment=b"])
+    assert (record["user"], record["run_id"], record["tags"]) == ("user-42@acme", "run-7", ["checkout", "experiment=b", "policy:standard"])
     [received] = acct.received(rid)
     assert not any(h.startswith("x-weir-") and h != "x-weir-request-id" for h in received["headers"])
 
@@ -187,7 +187,7 @@ def test_directives_from_headers_and_from_the_weir_body_object(acct, rid):
         extra_body={"weir": {"request_id": rid2, "user": "u-9", "run_id": "run-8", "tags": ["sdk"]}})
     assert raw.headers["x-weir-request-id"] == rid2 and raw.headers["x-weir-run-id"] == "run-8"
     record = acct.audit(rid2)
-    assert (record["user"], record["run_id"], record["tags"]) == ("u-9", "run-8", ["sdk"])
+    assert (record["user"], record["run_id"], record["tags"]) == ("u-9", "run-8", ["sdk", "policy:standard"])
     [received] = acct.received(rid2)
     assert "weir" not in json.loads(received["body"])
 

@@ -67,7 +67,7 @@ class KeyStack(Running):
 def keys(built, tmp_path_factory) -> KeyStack:
     workdir = tmp_path_factory.mktemp("keys")
     config = workdir / "weir.toml"
-    config.write_text((ROOT / "envoy/weir.toml").read_text())
+    config.write_text(devstack.sample_config_text())
     stack = devstack.Stack(workdir / "stack", config=config)
     stack.start()
     try:
@@ -172,7 +172,7 @@ def test_rotation_overlap_then_revocation_without_restarting_envoy(keys):
 
 
 def test_100000_keys_load_and_work(built, tmp_path):
-    lines = [(ROOT / "envoy/weir.toml").read_text()]
+    lines = [devstack.sample_config_text()]
     for i in range(100_000):
         digest = hashlib.sha256(f"wk_live_bulk{i:06d}".encode()).hexdigest()
         lines.append(f'[[keys]]\nid = "bulk{i:06d}"\nteam = "team{i % 50}"\nhash = "sha256:{digest}"\n'
@@ -220,7 +220,7 @@ def jwt_stack(built, idp, tmp_path_factory) -> Running:
     jwks, _ = idp
     workdir = tmp_path_factory.mktemp("jwt")
     config = workdir / "weir.toml"
-    config.write_text((ROOT / "envoy/weir.toml").read_text() + f"""
+    config.write_text(devstack.sample_config_text() + f"""
 [jwt]
 payload_header = "{devstack.JWT_PAYLOAD_HEADER}"
 team_claim = "org.team"

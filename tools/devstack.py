@@ -41,6 +41,11 @@ CLUSTERS = ("openai", "anthropic", "local")
 _base_ids = itertools.count(1)
 
 
+def sample_config_text() -> str:
+    """envoy/weir.toml with its policy directory made absolute, to copy elsewhere."""
+    return SAMPLE_CONFIG.read_text().replace('dir = "../policies"', f'dir = "{ROOT / "policies"}"')
+
+
 def envoy_command() -> list[str]:
     """ENVOY_BIN, else func-e if on PATH, else the Envoy of the pinned PyPI package."""
     if os.environ.get("ENVOY_BIN"):

@@ -51,6 +51,45 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Policy tools: the same Rego engine and input builder as the filter.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Run every `test_*` rule in the policy directory (like `opa test`).
+    Test {
+        /// The policy directory (default: `policy.dir` of the configuration).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, short, default_value = DEFAULT_CONFIG, env = "WEIR_CONFIG")]
+        config: PathBuf,
+    },
+    /// Print the decision a policy makes for a request body (JSON file).
+    Eval {
+        #[arg(long)]
+        policy: String,
+        /// The request body as the client would send it.
+        #[arg(long)]
+        input: PathBuf,
+        /// Evaluate as this key (its team, project, scopes and metadata).
+        #[arg(long)]
+        key: Option<String>,
+        /// `openai` (chat completions) or `anthropic` (messages).
+        #[arg(long, default_value = "openai")]
+        api: String,
+        /// The time to evaluate at (RFC 3339; default: now).
+        #[arg(long)]
+        time: Option<String>,
+        #[arg(long, short, default_value = DEFAULT_CONFIG, env = "WEIR_CONFIG")]
+        config: PathBuf,
+        /// Print the input document too.
+        #[arg(long)]
+        show_input: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -157,6 +196,7 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Keys { command } => keys(command),
+        Command::Policy { command } => policy(command),
     }
 }
 
@@ -348,6 +388,220 @@ fn keys(command: KeysCommand) -> Result<(), String> {
     }
 }
 
+fn policy(command: PolicyCommand) -> Result<(), String> {
+    match command {
+        PolicyCommand::Test { dir, config } => {
+            let dir = match dir {
+                Some(dir) => dir,
+                None => policy_dir(&config)?
+                    .ok_or_else(|| format!("{}: no [policy] dir; pass --dir", config.display()))?,
+            };
+            let (modules, data) = read_policy_dir(&dir, true)?;
+            let results = weir::policy::run_tests(&modules, &data)?;
+            let failed = results.iter().filter(|(_, ok, _)| !ok).count();
+            for (name, ok, error) in &results {
+                let name = name.trim_start_matches("data.");
+                match (ok, error) {
+                    (true, _) => println!("PASS {name}"),
+                    (false, Some(e)) => println!("ERROR {name}: {e}"),
+                    (false, None) => println!("FAIL {name}"),
+                }
+            }
+            println!("{} passed, {failed} failed", results.len() - failed);
+            if results.is_empty() {
+                return Err(format!("{}: no test_* rules found", dir.display()));
+            }
+            if failed > 0 {
+                return Err(format!("{failed} policy test(s) failed"));
+            }
+            Ok(())
+        }
+        PolicyCommand::Eval {
+            policy,
+            input,
+            key,
+            api,
+            time,
+            config,
+            show_input,
+        } => {
+            let mut parsed = read_config(&config)?;
+            fill_policies(&mut parsed, &config)?;
+            let mut set = parsed
+                .compile_policies()
+                .map_err(|e| format!("{}: {e}", config.display()))?
+                .ok_or_else(|| format!("{}: no policies configured", config.display()))?;
+            let body = fs::read(&input).map_err(|e| format!("{}: {e}", input.display()))?;
+            let request = weir::body::parse_llm_request(&body)
+                .map_err(|e| format!("{}: {}", input.display(), e.message))?;
+            let essentials = request.essentials(set.needs_messages(&policy));
+            let caller = match &key {
+                Some(id) => {
+                    let k = parsed
+                        .keys
+                        .iter()
+                        .find(|k| &k.id == id)
+                        .ok_or_else(|| format!("no key has the id {id:?}"))?;
+                    weir::policy::CallerInput {
+                        kind: "api_key",
+                        key_id: Some(k.id.clone()),
+                        team: Some(k.team.clone()),
+                        project: k.project.clone(),
+                        scopes: k.scopes.clone(),
+                        metadata: k.metadata.clone(),
+                        claims: None,
+                    }
+                }
+                None => weir::policy::CallerInput {
+                    kind: "api_key",
+                    ..Default::default()
+                },
+            };
+            let now = match &time {
+                Some(t) => weir::keys::parse_time(t)?,
+                None => SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+            };
+            let (endpoint, path) = match api.as_str() {
+                "openai" => ("chat_completions", "/v1/chat/completions"),
+                "anthropic" => ("messages", "/v1/messages"),
+                other => return Err(format!("--api {other:?}: use openai or anthropic")),
+            };
+            let input_doc = weir::policy::build_input(&weir::policy::InputParts {
+                request_id: "cli",
+                method: "POST",
+                path,
+                endpoint,
+                api: &api,
+                caller,
+                run_id: "cli",
+                policy: &policy,
+                model: &request.model,
+                is_tier: parsed.tiers.contains_key(&request.model),
+                params: weir::policy::ParamsInput {
+                    stream: request.stream,
+                    max_tokens: essentials.max_tokens,
+                    temperature: essentials.temperature,
+                    messages: essentials.message_count,
+                    input_chars: essentials.input_chars,
+                    tools: essentials.tools,
+                },
+                messages: essentials.messages,
+                now_unix: now,
+                ..Default::default()
+            });
+            if show_input {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&input_doc).unwrap_or_default()
+                );
+            }
+            let decision = set.evaluate(&policy, &input_doc)?;
+            let denial = decision.denial();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({
+                    "policy": policy,
+                    "decision": if denial.is_some() { "deny" } else { "allow" },
+                    "status": denial.as_ref().map(|d| d.status),
+                    "reason": denial.as_ref().map(|d| d.reason.clone()),
+                    "retry_after": denial.as_ref().and_then(|d| d.retry_after),
+                    "tier": decision.tier,
+                    "max_tokens": decision.max_tokens,
+                    "tags": decision.tags,
+                }))
+                .unwrap_or_default()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn read_config(path: &Path) -> Result<Config, String> {
+    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// `policy.dir` of a configuration, resolved against the configuration's directory.
+fn policy_dir(config_path: &Path) -> Result<Option<PathBuf>, String> {
+    let config = read_config(config_path)?;
+    Ok(config
+        .policy
+        .and_then(|p| p.dir)
+        .map(|dir| config_path.parent().unwrap_or(Path::new(".")).join(dir)))
+}
+
+/// Reads `policy.dir` into the bundled form: the modules and the merged data files.
+fn fill_policies(config: &mut Config, config_path: &Path) -> Result<(), String> {
+    let Some(p) = config.policy.as_mut() else {
+        return Ok(());
+    };
+    let Some(dir) = p.dir.take() else {
+        return Ok(());
+    };
+    let dir = config_path.parent().unwrap_or(Path::new(".")).join(dir);
+    let (modules, data) = read_policy_dir(&dir, false)?;
+    p.modules = modules;
+    p.data = data;
+    Ok(())
+}
+
+/// Every `*.rego` under `dir` (tests only when asked) and every `*.json`, merged at the
+/// top level of `data` (two files may not define the same top-level key).
+fn read_policy_dir(
+    dir: &Path,
+    with_tests: bool,
+) -> Result<(Vec<weir::policy::PolicyModule>, serde_json::Value), String> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = fs::read_dir(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+        for entry in entries {
+            let path = entry.map_err(|e| e.to_string())?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    let mut modules = Vec::new();
+    let mut data = serde_json::Map::new();
+    for path in files {
+        let name = path.to_string_lossy().into_owned();
+        if name.ends_with(".rego") {
+            if name.ends_with("_test.rego") && !with_tests {
+                continue;
+            }
+            let text = fs::read_to_string(&path).map_err(|e| format!("{name}: {e}"))?;
+            modules.push(weir::policy::PolicyModule { path: name, text });
+        } else if name.ends_with(".json") {
+            let text = fs::read_to_string(&path).map_err(|e| format!("{name}: {e}"))?;
+            let value: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| format!("{name}: {e}"))?;
+            let serde_json::Value::Object(object) = value else {
+                return Err(format!(
+                    "{name}: a policy data file must hold a JSON object"
+                ));
+            };
+            for (k, v) in object {
+                if data.insert(k.clone(), v).is_some() {
+                    return Err(format!(
+                        "{name}: the data key {k:?} is also defined in another file"
+                    ));
+                }
+            }
+        }
+    }
+    if modules.is_empty() {
+        return Err(format!("{}: no .rego files", dir.display()));
+    }
+    Ok((modules, serde_json::Value::Object(data)))
+}
+
 /// Reads, resolves and compiles a configuration file.
 fn load(path: &Path) -> Result<(PathBuf, weir::config::Gateway), String> {
     let config = resolve(path)?;
@@ -362,6 +616,7 @@ fn resolve(path: &Path) -> Result<Config, String> {
     let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut config: Config =
         toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    fill_policies(&mut config, path)?;
     for (name, provider) in config.providers.iter_mut() {
         if provider.auth == AuthStyle::None {
             continue;

@@ -257,3 +257,46 @@ pub fn clear_route_cache() -> Result<(), u32> {
         Err(status)
     }
 }
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> u32;
+}
+
+/// All headers of a map, values as raw bytes; empty when unreadable.
+pub fn headers(map: u32) -> Vec<(String, Vec<u8>)> {
+    let mut data = null_mut();
+    let mut size = 0;
+    // SAFETY: pointers are valid for the call; the host writes the out-parameters.
+    let status = unsafe { proxy_get_header_map_pairs(map, &mut data, &mut size) };
+    if status != OK {
+        return Vec::new();
+    }
+    parse_header_pairs(&owned(data, size)).unwrap_or_default()
+}
+
+/// Decodes the ABI's header map encoding (see `serialize_headers`), checking every bound.
+fn parse_header_pairs(bytes: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
+    let u32_at = |at: usize| -> Option<usize> {
+        Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?) as usize)
+    };
+    let count = u32_at(0)?;
+    let mut sizes = Vec::with_capacity(count.min(1024));
+    for i in 0..count {
+        sizes.push((u32_at(4 + i * 8)?, u32_at(8 + i * 8)?));
+    }
+    let mut at = 4 + count * 8;
+    let mut out = Vec::with_capacity(sizes.len());
+    for (name_len, value_len) in sizes {
+        let name = bytes.get(at..at + name_len)?;
+        at += name_len + 1;
+        let value = bytes.get(at..at + value_len)?;
+        at += value_len + 1;
+        out.push((String::from_utf8_lossy(name).into_owned(), value.to_vec()));
+    }
+    Some(out)
+}

@@ -10,7 +10,8 @@ use proxy_wasm::types::Action;
 use super::host::{self, REQUEST_BODY, REQUEST_HEADERS, RESPONSE_BODY, RESPONSE_HEADERS};
 use super::metrics;
 use crate::audit::{millis, AuditRecord, CostRecord, Outcome};
-use crate::body::{json_string, parse_llm_request, remove_member, splice, Edit};
+use crate::body::{json_string, parse_llm_request, remove_member, splice, Edit, LlmRequest};
+use crate::config::Target;
 use crate::config::{Api, Gateway};
 use crate::directives::{self, Directives};
 use crate::endpoint::{error_api, Endpoint};
@@ -19,9 +20,26 @@ use crate::jwt::{self, JwtIdentity};
 use crate::keys::{presented_key, PresentedKey};
 use crate::metrics::name as metric;
 use crate::models;
+use crate::policy::{build_input, CallerInput, Decision, InputParts, ParamsInput};
 use crate::providers::{openai, ResponseMeter};
 use crate::routing::{printable, route};
 use crate::scopes::Scopes;
+
+/// Headers never shown to policies.
+const SECRET_HEADERS: [&str; 4] = [
+    "authorization",
+    "x-api-key",
+    "cookie",
+    "proxy-authorization",
+];
+
+/// Where an allowed request goes.
+struct Plan {
+    tier: String,
+    target: Target,
+    provider: String,
+    max_tokens: Option<u64>,
+}
 
 /// Client headers that carry the client's own credential: never forwarded.
 const CLIENT_CREDENTIAL_HEADERS: [&str; 2] = ["authorization", "x-api-key"];
@@ -76,6 +94,8 @@ pub struct WeirHttp {
     inject_metadata: bool,
     /// Usage and cost have been taken from the meter.
     settled: bool,
+    /// The decision given by the advice endpoint.
+    advised: Option<&'static str>,
 }
 
 impl WeirHttp {
@@ -93,6 +113,7 @@ impl WeirHttp {
             response_complete: false,
             inject_metadata: false,
             settled: false,
+            advised: None,
         }
     }
 
@@ -114,6 +135,11 @@ impl WeirHttp {
             (RUN_ID_HEADER, run_id.as_str()),
         ];
         let details = format!("weir_{}", error.code());
+        let retry_after = error.retry_after.map(|s| s.to_string());
+        let mut headers = headers.to_vec();
+        if let Some(seconds) = &retry_after {
+            headers.push(("retry-after", seconds.as_str()));
+        }
         if let Err(status_code) = host::send_local_response(status, &headers, &body, &details) {
             log::error!("weir: local reply failed with status {status_code}");
         }
@@ -417,46 +443,43 @@ impl WeirHttp {
         self.record.user = self.directives.user.clone();
         self.record.tags = self.directives.tags.clone();
 
-        let may_use =
-            scopes_of(&gateway, &self.caller).is_some_and(|s| s.allows_model(&request.model));
-        if !may_use {
-            let name = printable(&request.model);
-            return Err(self.reject(
-                GatewayError::new(
-                    ErrorKind::Forbidden,
-                    format!("This key may not use the model `{name}`: it lacks a scope such as `model:{name}`."),
-                )
-                .with_param(Some("model")),
-            ));
-        }
-        let empty = Scopes::default();
-        let scopes = scopes_of(&gateway, &self.caller).unwrap_or(&empty);
-        let route = match route(&gateway, self.api, &request.model, scopes) {
-            Ok(route) => route,
+        let advice = self.record.endpoint == Some(Endpoint::Advice.name());
+        let plan = match self.decide(&gateway, &request) {
+            Ok(plan) => plan,
+            Err(e) if advice => return Err(self.advise(Err(e))),
             Err(e) => return Err(self.reject(e)),
         };
+        if advice {
+            return Err(self.advise(Ok(&plan)));
+        }
+        let Some(provider) = gateway.providers.get(plan.target.provider) else {
+            return Err(self.internal("finding the provider", 0));
+        };
+
         let (mut edits, usage_added) = match self.api {
             Api::Openai => {
-                openai::request_edits(&request, &route.target.model, gateway.settings.stream_usage)
+                openai::request_edits(&request, &plan.target.model, gateway.settings.stream_usage)
             }
             Api::Anthropic => (
                 vec![Edit {
                     range: request.model_field.range(),
-                    with: json_string(&route.target.model),
+                    with: json_string(&plan.target.model),
                 }],
                 false,
             ),
         };
         edits.extend(weir_edit);
+        if let Some(cap) = plan.max_tokens {
+            edits.extend(request.cap_max_tokens(cap, self.api == Api::Openai));
+        }
         let new_body = splice(&body, &mut edits);
         host::set_buffer(REQUEST_BODY, 0, body_size, &new_body)
             .map_err(|s| self.internal("replacing the request body", s))?;
 
-        let provider = route.provider;
         host::set_header(
             REQUEST_HEADERS,
             &gateway.settings.cluster_header,
-            &route.target.cluster,
+            &plan.target.cluster,
         )
         .map_err(|s| self.internal("setting the cluster header", s))?;
         if let Some((name, value)) = &provider.credential_header {
@@ -477,14 +500,264 @@ impl WeirHttp {
             .map_err(|s| self.internal("setting the request id", s))?;
         host::clear_route_cache().map_err(|s| self.internal("clearing the route cache", s))?;
 
-        self.record.tier = Some(route.tier.to_string());
-        self.record.served_model = Some(route.target.model.clone());
-        self.target_model = Some(route.target.model.clone());
+        self.record.tier = Some(plan.tier.clone());
+        self.record.served_model = Some(plan.target.model.clone());
+        self.target_model = Some(plan.target.model.clone());
         self.record.provider = Some(provider.name.clone());
-        self.record.cluster = Some(route.target.cluster.clone());
+        self.record.cluster = Some(plan.target.cluster.clone());
         self.record.usage_requested_by_weir = usage_added;
         self.phase = Phase::Forwarded;
         Ok(Action::Continue)
+    }
+
+    /// Scopes, policy and routing: everything that decides where a request goes, shared
+    /// by forwarding and the advice endpoint.
+    fn decide(
+        &mut self,
+        gateway: &Gateway,
+        request: &LlmRequest<'_>,
+    ) -> Result<Plan, GatewayError> {
+        let may_use =
+            scopes_of(gateway, &self.caller).is_some_and(|s| s.allows_model(&request.model));
+        if !may_use {
+            let name = printable(&request.model);
+            return Err(GatewayError::new(
+                ErrorKind::Forbidden,
+                format!("This key may not use the model `{name}`: it lacks a scope such as `model:{name}`."),
+            )
+            .with_param(Some("model")));
+        }
+
+        let mut model = request.model.clone();
+        let mut max_tokens = None;
+        if let Some(name) = self.policy_name(gateway)? {
+            let decision = self.evaluate_policy(gateway, &name, request)?;
+            if let Some(denial) = decision.denial() {
+                let kind = match denial.status {
+                    402 => ErrorKind::PaymentRequired,
+                    429 => ErrorKind::RateLimited,
+                    _ => ErrorKind::Forbidden,
+                };
+                let mut error = GatewayError::new(kind, denial.reason).with_code("policy_denied");
+                if kind == ErrorKind::RateLimited {
+                    error.retry_after = Some(denial.retry_after.unwrap_or(60));
+                }
+                return Err(error);
+            }
+            for tag in decision.tags {
+                if !self.record.tags.contains(&tag) {
+                    self.record.tags.push(tag);
+                }
+            }
+            if let Some(tier) = decision.tier {
+                if !gateway.tiers.contains_key(&tier) {
+                    log::error!("weir: policy {name} forced the unknown tier {tier:?}");
+                    return Err(GatewayError::new(
+                        ErrorKind::Internal,
+                        "The policy chose a tier that does not exist; the request was not forwarded.",
+                    )
+                    .with_code("policy_error"));
+                }
+                self.record.policy_tier = Some(tier.clone());
+                model = tier;
+            }
+            max_tokens = decision.max_tokens;
+            self.record.max_tokens_cap = max_tokens;
+        }
+
+        let empty = Scopes::default();
+        let scopes = scopes_of(gateway, &self.caller).unwrap_or(&empty);
+        let route = route(gateway, self.api, &model, scopes)?;
+        Ok(Plan {
+            tier: route.tier.to_string(),
+            target: route.target.clone(),
+            provider: route.provider.name.clone(),
+            max_tokens,
+        })
+    }
+
+    /// The policy for this request: the caller's directive, else the key's default, else
+    /// the global default. `None` when no policy applies.
+    fn policy_name(&mut self, gateway: &Gateway) -> Result<Option<String>, GatewayError> {
+        let key_default = match &self.caller {
+            Some(Caller::Key(i)) => gateway.keys.get(*i).and_then(|k| k.default_policy.clone()),
+            _ => None,
+        };
+        let chosen = self.directives.policy.clone();
+        let name = chosen.clone().or(key_default).or_else(|| {
+            gateway
+                .policies
+                .as_ref()
+                .and_then(|p| p.borrow().default.clone())
+        });
+        let Some(name) = name else { return Ok(None) };
+        let known = gateway
+            .policies
+            .as_ref()
+            .is_some_and(|p| p.borrow().contains(&name));
+        if !known {
+            let names = gateway
+                .policies
+                .as_ref()
+                .map(|p| p.borrow().names().join(", "))
+                .unwrap_or_default();
+            let message = if names.is_empty() {
+                format!(
+                    "Unknown policy `{}`: no policies are configured.",
+                    printable(&name)
+                )
+            } else {
+                format!(
+                    "Unknown policy `{}`. Known policies: {names}.",
+                    printable(&name)
+                )
+            };
+            return Err(match chosen {
+                Some(_) => {
+                    GatewayError::new(ErrorKind::BadRequest, message).with_code("unknown_policy")
+                }
+                // A key's default that does not exist is the operator's error: fail closed.
+                None => GatewayError::new(ErrorKind::Internal, message).with_code("policy_error"),
+            });
+        }
+        self.record.policy = Some(name.clone());
+        Ok(Some(name))
+    }
+
+    fn evaluate_policy(
+        &mut self,
+        gateway: &Gateway,
+        name: &str,
+        request: &LlmRequest<'_>,
+    ) -> Result<Decision, GatewayError> {
+        let Some(policies) = &gateway.policies else {
+            return Err(GatewayError::new(
+                ErrorKind::Internal,
+                "No policies are configured.",
+            ));
+        };
+        let needs_messages = policies.borrow().needs_messages(name);
+        let essentials = request.essentials(needs_messages);
+        let caller = match &self.caller {
+            Some(Caller::Key(i)) => match gateway.keys.get(*i) {
+                Some(k) => CallerInput {
+                    kind: "api_key",
+                    key_id: Some(k.id.clone()),
+                    team: Some(k.team.clone()),
+                    project: k.project.clone(),
+                    scopes: k.scopes.as_strings().to_vec(),
+                    metadata: k.metadata.clone(),
+                    claims: None,
+                },
+                None => CallerInput::default(),
+            },
+            Some(Caller::Jwt(j)) => CallerInput {
+                kind: "jwt",
+                key_id: Some(j.id.clone()),
+                team: Some(j.team.clone()),
+                project: j.project.clone(),
+                scopes: j.scopes.as_strings().to_vec(),
+                metadata: Default::default(),
+                claims: Some(j.claims.clone()),
+            },
+            None => CallerInput::default(),
+        };
+        let headers: Vec<(String, String)> = host::headers(REQUEST_HEADERS)
+            .into_iter()
+            .filter(|(k, _)| {
+                !k.starts_with(':')
+                    && !SECRET_HEADERS.contains(&k.as_str())
+                    && !k.starts_with("x-weir-")
+            })
+            .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+            .collect();
+        let locale = host::header_str(REQUEST_HEADERS, "accept-language")
+            .and_then(|l| l.split([',', ';']).next().map(|l| l.trim().to_string()));
+        let now = host::now();
+        let run_id = self.run_id().to_string();
+        let input = build_input(&InputParts {
+            request_id: &self.record.request_id,
+            method: &self.record.method,
+            path: &self.record.path,
+            endpoint: self.record.endpoint.unwrap_or(""),
+            api: self.api.as_str(),
+            headers,
+            caller,
+            user: self.directives.user.as_deref(),
+            run_id: &run_id,
+            tags: &self.record.tags,
+            locale: locale.as_deref(),
+            policy: name,
+            model: &request.model,
+            is_tier: gateway.tiers.contains_key(&request.model),
+            params: ParamsInput {
+                stream: request.stream,
+                max_tokens: essentials.max_tokens,
+                temperature: essentials.temperature,
+                messages: essentials.message_count,
+                input_chars: essentials.input_chars,
+                tools: essentials.tools,
+            },
+            messages: essentials.messages,
+            now_unix: now
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        });
+        let result = policies.borrow_mut().evaluate(name, &input);
+        let micros = host::now()
+            .duration_since(now)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        self.record.policy_us = Some(micros);
+        metrics::record(&metric("weir_policy_eval_us", &[("policy", name)]), micros);
+        result.map_err(|e| {
+            log::error!("weir: policy {name} failed: {e}");
+            GatewayError::new(
+                ErrorKind::Internal,
+                "The policy could not be evaluated; the request was not forwarded.",
+            )
+            .with_code("policy_error")
+        })
+    }
+
+    /// The answer of `POST /v1/weir/advice`: what Weir would do, without doing it.
+    fn advise(&mut self, plan: Result<&Plan, GatewayError>) -> Action {
+        let body = match plan {
+            Ok(plan) => {
+                self.advised = Some("allow");
+                serde_json::json!({
+                    "decision": "allow",
+                    "request_id": self.record.request_id,
+                    "policy": self.record.policy,
+                    "tier": plan.tier,
+                    "model": plan.target.model,
+                    "provider": plan.provider,
+                    "cluster": plan.target.cluster,
+                    "max_tokens": plan.max_tokens,
+                    "tags": self.record.tags,
+                })
+            }
+            Err(e) => {
+                self.advised = Some(if e.kind == ErrorKind::Internal {
+                    "error"
+                } else {
+                    "deny"
+                });
+                self.record.reason = Some(e.message.clone());
+                self.record.error = Some(e.code());
+                serde_json::json!({
+                    "decision": self.advised,
+                    "request_id": self.record.request_id,
+                    "policy": self.record.policy,
+                    "status": e.status(),
+                    "code": e.code(),
+                    "reason": e.message,
+                    "retry_after": e.retry_after,
+                })
+            }
+        };
+        self.answer(&serde_json::to_vec(&body).unwrap_or_default())
     }
 
     /// Takes usage from the meter and prices it (once).
@@ -563,10 +836,13 @@ impl WeirHttp {
             }
             Phase::Start | Phase::AwaitingBody => Outcome::ClientAborted,
         };
-        self.record.decision = match self.record.outcome {
-            Outcome::Denied => "deny",
-            Outcome::Error => "error",
-            _ => "allow",
+        self.record.decision = match self.advised {
+            Some(advised) => advised,
+            None => match self.record.outcome {
+                Outcome::Denied => "deny",
+                Outcome::Error => "error",
+                _ => "allow",
+            },
         };
         self.record.duration_ms = millis(now.duration_since(self.started).unwrap_or_default());
     }

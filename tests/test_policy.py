@@ -1,0 +1,214 @@
+"""Policy as code through the real Envoy: the sample policies enforced, the advice
+endpoint, and policy changes picked up without restarting Envoy."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+import devstack
+from conftest import DEMO_KEY, ROOT, Running
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+class PolicyStack(Running):
+    def __init__(self, stack, config, policies):
+        super().__init__(stack)
+        self.config, self.policies = config, policies
+
+    def key(self, *args: str) -> str:
+        result = subprocess.run([str(devstack.WEIR_BIN), "keys", "new", "-c", str(self.config), "--name", "t", *args],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    def deploy(self) -> None:
+        result = self.stack.bundle(self.config)
+        assert result.returncode == 0, result.stderr
+
+    def chat(self, key, rid, body=None, headers=None, path="/v1/chat/completions") -> httpx.Response:
+        body = body or {"model": "fast", "messages": MESSAGES}
+        h = {"authorization": f"Bearer {key}", "x-weir-request-id": rid, **(headers or {})}
+        return httpx.post(self.url + path, json=body, headers=h, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def pol(built, tmp_path_factory) -> PolicyStack:
+    workdir = tmp_path_factory.mktemp("policy")
+    policies = workdir / "policies"
+    shutil.copytree(ROOT / "policies", policies)
+    config = workdir / "weir.toml"
+    config.write_text((ROOT / "envoy/weir.toml").read_text().replace('dir = "../policies"', 'dir = "policies"'))
+    stack = devstack.Stack(workdir / "stack", config=config)
+    p = PolicyStack(stack, config, policies)
+    p.free = p.key("--team", "web", "--scopes", "*", "--meta", "plan=free")
+    p.support = p.key("--team", "support", "--scopes", "*", "--meta", "plan=pro")
+    p.contractor = p.key("--team", "contractors", "--scopes", "*", "--meta", "plan=enterprise")
+    stack.start()
+    try:
+        yield p
+    finally:
+        stack.stop()
+
+
+def test_plan_restriction_denies_with_the_policys_reason(pol, rid):
+    response = pol.chat(pol.free, rid, {"model": "best", "messages": MESSAGES})
+    assert response.status_code == 403
+    error = response.json()["error"]
+    assert error["code"] == "policy_denied"
+    assert "Your plan `free` does not include `best`" in error["message"]
+    assert pol.received(rid) == []
+    record = pol.audit(rid)
+    assert (record["policy"], record["decision"], record["outcome"]) == ("standard", "deny", "denied")
+    assert "plan `free`" in record["reason"]
+    assert record["policy_us"] >= 0
+
+
+def test_policy_forces_a_tier(pol, rid):
+    response = pol.chat(pol.free, rid, {"model": "balanced", "messages": MESSAGES})
+    assert response.status_code == 200
+    assert response.json()["model"] == "gpt-4o-mini"  # fast's model, not balanced's
+    [received] = pol.received(rid)
+    assert json.loads(received["body"])["model"] == "gpt-4o-mini"
+    record = pol.audit(rid)
+    assert (record["requested_model"], record["tier"], record["policy_tier"]) == ("balanced", "fast", "fast")
+
+
+@pytest.mark.parametrize(
+    "path, body, field",
+    [
+        ("/v1/chat/completions", {"model": "fast", "messages": MESSAGES, "max_tokens": 1000}, "max_tokens"),
+        ("/v1/chat/completions", {"model": "fast", "messages": MESSAGES}, "max_completion_tokens"),
+        ("/v1/chat/completions", {"model": "fast", "messages": MESSAGES, "max_completion_tokens": 100}, "max_completion_tokens"),
+        ("/v1/messages", {"model": "fast", "messages": MESSAGES, "max_tokens": 4096}, "max_tokens"),
+    ],
+    ids=["lowered", "added", "already-below", "anthropic"],
+)
+def test_team_cap_is_what_the_provider_receives(pol, rid, path, body, field):
+    headers = {"anthropic-version": "2023-06-01"} if path == "/v1/messages" else {}
+    response = pol.chat(pol.support, rid, body, headers, path)
+    assert response.status_code == 200, response.text
+    [received] = pol.received(rid)
+    sent = json.loads(received["body"])
+    expected = min(body.get(field, 256), 256)
+    assert sent[field] == expected
+    assert pol.audit(rid)["max_tokens_cap"] == 256
+
+
+def test_dlp_policy_chosen_by_header_or_body_blocks_secrets(pol, rid):
+    card = {"model": "fast", "messages": [{"role": "user", "content": "charge 4111 1111 1111 1111"}]}
+    response = pol.chat(DEMO_KEY, rid, card, {"x-weir-policy": "dlp"})
+    assert response.status_code == 403
+    assert "payment card" in response.json()["error"]["message"]
+    assert "4111" not in response.text and "4111" not in json.dumps(pol.audit(rid))
+    assert pol.received(rid) == []
+
+    client = openai.OpenAI(base_url=pol.url + "/v1", api_key=DEMO_KEY, max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError) as raised:
+        client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "key sk-proj-abcdefghijklmnopqrstuvwxyz"}],
+                                       extra_body={"weir": {"policy": "dlp"}})
+    assert "an OpenAI API key" in str(raised.value) and "abcdefghij" not in str(raised.value)
+
+    # Without the DLP policy (the default applies) the same text passes.
+    assert pol.chat(DEMO_KEY, rid + "-std", card).status_code == 200
+    # Clean text passes the DLP policy too.
+    ok = pol.chat(DEMO_KEY, rid + "-ok", None, {"x-weir-policy": "dlp"})
+    assert ok.status_code == 200
+    assert pol.audit(rid + "-ok")["policy"] == "dlp"
+
+    # Anthropic clients are checked the same way, system prompt included.
+    client = anthropic.Anthropic(base_url=pol.url, api_key=DEMO_KEY, max_retries=0)
+    with pytest.raises(anthropic.PermissionDeniedError):
+        client.messages.create(model="fast", max_tokens=10, system="token AKIAIOSFODNN7EXAMPLE", messages=MESSAGES,
+                               extra_headers={"x-weir-policy": "dlp"})
+
+
+def test_unknown_policy_is_400(pol, rid):
+    response = pol.chat(DEMO_KEY, rid, None, {"x-weir-policy": "nope"})
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == "Unknown policy `nope`. Known policies: dlp, standard."
+    assert pol.received(rid) == []
+
+
+def test_advice_endpoint_answers_without_calling_a_provider(pol, rid):
+    allow = pol.chat(DEMO_KEY, rid, {"model": "balanced", "messages": MESSAGES}, path="/v1/weir/advice").json()
+    assert allow["decision"] == "allow"
+    assert (allow["tier"], allow["model"], allow["provider"], allow["cluster"], allow["policy"]) == (
+        "balanced", "gpt-4.1-mini", "openai", "openai", "standard")
+    deny = pol.chat(pol.free, rid + "-d", {"model": "best", "messages": MESSAGES}, path="/v1/weir/advice")
+    assert deny.status_code == 200
+    assert deny.json()["decision"] == "deny" and deny.json()["status"] == 403
+    assert "plan `free`" in deny.json()["reason"]
+    forced = pol.chat(pol.free, rid + "-f", {"model": "balanced", "messages": MESSAGES}, path="/v1/weir/advice").json()
+    assert (forced["tier"], forced["model"]) == ("fast", "gpt-4o-mini")
+    capped = pol.chat(pol.support, rid + "-c", None, path="/v1/weir/advice").json()
+    assert capped["max_tokens"] == 256
+    anthropic_shape = pol.chat(DEMO_KEY, rid + "-a", {"model": "best", "max_tokens": 5, "messages": MESSAGES},
+                               {"anthropic-version": "2023-06-01"}, path="/v1/weir/advice").json()
+    assert (anthropic_shape["provider"], anthropic_shape["model"]) == ("anthropic", "claude-opus-4-1")
+    for suffix in ("", "-d", "-f", "-c", "-a"):
+        assert pol.received(rid + suffix) == []
+    record = pol.audit(rid + "-d")
+    assert (record["endpoint"], record["decision"], record["status"]) == ("advice", "deny", 200)
+
+
+def test_policy_changes_without_restarting_envoy(pol, rid):
+    envoy_pid = pol.stack.envoy.pid
+    assert pol.chat(pol.contractor, rid, {"model": "best", "messages": MESSAGES}).status_code in (200, 403)
+    data_file = pol.policies / "data.json"
+    original = data_file.read_text()
+    data = json.loads(original)
+    try:
+        # Business hours that never include now: contractors lose `best`.
+        data["business_hours"].update(days=[], start_hour=0, end_hour=24)
+        data_file.write_text(json.dumps(data))
+        pol.deploy()
+        deadline = time.monotonic() + 10
+        while (response := pol.chat(pol.contractor, rid, {"model": "best", "messages": MESSAGES})).status_code != 403:
+            assert time.monotonic() < deadline, response.text
+            time.sleep(0.05)
+        assert "Monday to Friday" in response.json()["error"]["message"]
+        # Every day, all day: back.
+        data["business_hours"].update(days=[1, 2, 3, 4, 5, 6, 7])
+        data_file.write_text(json.dumps(data))
+        pol.deploy()
+        deadline = time.monotonic() + 10
+        while pol.chat(pol.contractor, rid, {"model": "best", "messages": MESSAGES}).status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        # A policy that does not compile is refused by the CLI; Envoy keeps the last good one.
+        (pol.policies / "broken.rego").write_text("package weir.policy.broken\n\ndeny contains x if {\n")
+        result = pol.stack.bundle(pol.config)
+        assert result.returncode != 0 and "broken.rego:" in result.stderr
+        assert pol.chat(pol.contractor, rid, {"model": "best", "messages": MESSAGES}).status_code == 200
+    finally:
+        data_file.write_text(original)
+        (pol.policies / "broken.rego").unlink(missing_ok=True)
+        pol.deploy()
+    assert pol.stack.envoy.pid == envoy_pid and pol.stack.envoy.poll() is None
+
+
+def test_policy_eval_time_is_a_metric(pol):
+    text = httpx.get(pol.stack.admin + "/stats/prometheus").text
+    assert 'weir_policy_eval_us_count{policy="standard"}' in text or 'weir_policy_eval_us_bucket{policy="standard"' in text
+
+
+def test_cli_policy_test_and_eval(tmp_path):
+    result = subprocess.run([str(devstack.WEIR_BIN), "policy", "test", "-c", str(ROOT / "envoy/weir.toml")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 failed" in result.stdout and "PASS weir.policy.dlp_test.test_card_numbers_are_blocked" in result.stdout
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"model": "fast", "messages": [{"role": "user", "content": "4111 1111 1111 1111"}]}))
+    result = subprocess.run([str(devstack.WEIR_BIN), "policy", "eval", "-c", str(ROOT / "envoy/weir.toml"),
+                             "--policy", "dlp", "--input", str(request)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    decision = json.loads(result.stdout)
+    assert decision["decision"] == "deny" and "payment card" in decision["reason"]
