@@ -70,6 +70,11 @@ pub fn scan_object<'a, const N: usize>(
             });
         }
     }
+    // serde_json does not check the UTF-8 of strings it skips; the provider must never get
+    // bytes Weir could not read.
+    if std::str::from_utf8(body).is_err() {
+        return Err(BodyError::new("The request body is not valid UTF-8.", None));
+    }
     check_depth(body, MAX_DEPTH)?;
     let mut de = serde_json::Deserializer::from_slice(body);
     let found = ScanSeed { wanted: &wanted }
@@ -267,6 +272,30 @@ pub fn parse_llm_request(body: &[u8]) -> Result<LlmRequest<'_>, BodyError> {
             ))
         }
     };
+    // Fields Weir reads must mean the same to Weir and to the provider.
+    for (name, field) in [
+        ("max_tokens", &max_tokens),
+        ("max_completion_tokens", &max_completion_tokens),
+    ] {
+        if let Some(f) = field {
+            let ok = matches!(f.text(), "null") || f.text().parse::<u32>().is_ok_and(|n| n > 0);
+            if !ok {
+                return Err(BodyError::new(
+                    format!("The {name} parameter must be a positive integer."),
+                    Some(name),
+                ));
+            }
+        }
+    }
+    if let Some(f) = &temperature {
+        let ok = f.text() == "null" || f.text().parse::<f64>().is_ok_and(|t| t.is_finite());
+        if !ok {
+            return Err(BodyError::new(
+                "The temperature parameter must be a number.",
+                Some("temperature"),
+            ));
+        }
+    }
     let object_start = body.iter().position(|b| *b == b'{').unwrap_or(0);
     Ok(LlmRequest {
         model,
@@ -535,6 +564,46 @@ mod tests {
         assert_eq!(e.param, Some("model"));
         let e = parse_llm_request(br#"{"model":"a","stream":"yes"}"#).unwrap_err();
         assert_eq!(e.param, Some("stream"));
+    }
+
+    #[test]
+    fn invalid_utf8_anywhere_is_refused() {
+        let mut body = br#"{"model":"fast","messages":[{"role":"user","content":"ab"}]}"#.to_vec();
+        let at = body.iter().position(|b| *b == b'a').unwrap();
+        body[at] = 0xff;
+        assert!(parse_llm_request(&body)
+            .unwrap_err()
+            .message
+            .contains("UTF-8"));
+    }
+
+    #[test]
+    fn numbers_weir_reads_are_checked() {
+        for (body, param) in [
+            (r#"{"model":"m","max_tokens":1e400}"#, "max_tokens"),
+            (
+                r#"{"model":"m","max_tokens":99999999999999999999999}"#,
+                "max_tokens",
+            ),
+            (r#"{"model":"m","max_tokens":-5}"#, "max_tokens"),
+            (r#"{"model":"m","max_tokens":0}"#, "max_tokens"),
+            (
+                r#"{"model":"m","max_completion_tokens":"10"}"#,
+                "max_completion_tokens",
+            ),
+            (r#"{"model":"m","temperature":1e999}"#, "temperature"),
+            (r#"{"model":"m","temperature":"hot"}"#, "temperature"),
+        ] {
+            assert_eq!(
+                parse_llm_request(body.as_bytes()).unwrap_err().param,
+                Some(param),
+                "{body}"
+            );
+        }
+        assert!(parse_llm_request(
+            br#"{"model":"m","max_tokens":100,"temperature":0.7,"x":1e999}"#
+        )
+        .is_ok());
     }
 
     #[test]

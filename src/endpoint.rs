@@ -65,6 +65,54 @@ impl Endpoint {
     }
 }
 
+/// Query parameters that carry credentials in some clients: removed before forwarding
+/// (the audit record never holds a query string at all).
+pub const CREDENTIAL_QUERY_PARAMS: [&str; 7] = [
+    "key",
+    "api_key",
+    "api-key",
+    "apikey",
+    "access_token",
+    "token",
+    "x-api-key",
+];
+
+/// The path with credential-looking query parameters removed; `None` when nothing changes.
+pub fn strip_credential_params(path: &str) -> Option<String> {
+    let (base, query) = path.split_once('?')?;
+    let mut removed = false;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let name = pair.split('=').next().unwrap_or("");
+            let secret = CREDENTIAL_QUERY_PARAMS
+                .iter()
+                .any(|c| name.eq_ignore_ascii_case(c));
+            removed |= secret;
+            !secret
+        })
+        .collect();
+    if !removed {
+        return None;
+    }
+    Some(if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    })
+}
+
+/// Whether a `content-type` is JSON (`application/json`, `...+json`, any parameters).
+pub fn is_json_content_type(value: &str) -> bool {
+    let media = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
+}
+
 /// The error shape for a request Weir cannot place: Anthropic's when the client speaks
 /// Anthropic (its path or its `anthropic-version` header), else OpenAI's.
 pub fn error_api(path: &str, has_anthropic_version: bool) -> Api {
@@ -98,6 +146,17 @@ mod tests {
         assert_eq!(error_api("/v1/x", true), Api::Anthropic);
         assert_eq!(error_api("/v1/x", false), Api::Openai);
         assert_eq!(Endpoint::classify("/v1/models"), Some(Endpoint::Models));
+        assert_eq!(
+            strip_credential_params("/v1/x?api_key=s&api-version=1"),
+            Some("/v1/x?api-version=1".into())
+        );
+        assert_eq!(strip_credential_params("/v1/x?KEY=s"), Some("/v1/x".into()));
+        assert_eq!(strip_credential_params("/v1/x?api-version=1"), None);
+        assert_eq!(strip_credential_params("/v1/x"), None);
+        assert!(is_json_content_type("application/json; charset=utf-8"));
+        assert!(is_json_content_type("application/vnd.api+json"));
+        assert!(!is_json_content_type("text/plain"));
+        assert!(!is_json_content_type("application/x-www-form-urlencoded"));
         assert_eq!(error_api("/v1/models", true), Api::Anthropic);
         assert_eq!(error_api("/v1/models", false), Api::Openai);
     }

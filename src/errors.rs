@@ -20,6 +20,8 @@ pub enum ErrorKind {
     MethodNotAllowed,
     /// 413: body over the configured limit.
     PayloadTooLarge,
+    /// 415: a body that says it is not JSON.
+    UnsupportedMediaType,
     /// 429: a policy (or rate limit) says later; always with `Retry-After`.
     RateLimited,
     /// 500: Weir itself failed; the request is not forwarded.
@@ -68,6 +70,7 @@ impl GatewayError {
             ErrorKind::ModelNotFound | ErrorKind::EndpointNotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::UnsupportedMediaType => 415,
             ErrorKind::Internal => 500,
         }
     }
@@ -87,6 +90,7 @@ impl GatewayError {
             ErrorKind::EndpointNotFound => "unknown_url",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::PayloadTooLarge => "request_too_large",
+            ErrorKind::UnsupportedMediaType => "unsupported_media_type",
             ErrorKind::Internal => "internal_error",
         }
     }
@@ -113,7 +117,9 @@ impl GatewayError {
             }
             Api::Anthropic => {
                 let error_type = match self.kind {
-                    ErrorKind::BadRequest | ErrorKind::MethodNotAllowed => "invalid_request_error",
+                    ErrorKind::BadRequest
+                    | ErrorKind::MethodNotAllowed
+                    | ErrorKind::UnsupportedMediaType => "invalid_request_error",
                     ErrorKind::Unauthorized => "authentication_error",
                     ErrorKind::Forbidden | ErrorKind::PaymentRequired => "permission_error",
                     ErrorKind::RateLimited => "rate_limit_error",

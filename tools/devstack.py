@@ -169,6 +169,8 @@ class Stack:
         log_level: str = "info",
         flush_ms: int = 200,
         jwks: Path | None = None,
+        concurrency: int = 1,
+        route_timeout: str = "300s",
     ):
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="weir-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -182,6 +184,8 @@ class Stack:
         self.flush_ms = flush_ms
         # A JWKS file turns on JWT identity (Envoy's jwt_authn in front of Weir).
         self.jwks = jwks
+        self.concurrency = concurrency
+        self.route_timeout = route_timeout
         self.audit_log = self.workdir / "audit.jsonl"
         self.filter_config = self.workdir / "weir-filter.json"
         self.envoy_yaml = self.workdir / "envoy.yaml"
@@ -229,6 +233,7 @@ class Stack:
             FILTER_CONFIG=self.filter_config,
             CLUSTERS=self.clusters_yaml(),
             AUTH_FILTERS=jwt_filters(self.jwks) if self.jwks else "",
+            ROUTE_TIMEOUT=self.route_timeout,
         )
         self.envoy_yaml.write_text(text)
         return self.envoy_yaml
@@ -261,7 +266,7 @@ class Stack:
             "-c", str(self.envoy_yaml),
             "--disable-hot-restart",
             "--base-id", str(unique_base_id()),
-            "--concurrency", "1",
+            "--concurrency", str(self.concurrency),
             "--admin-address-path", str(admin_path),
             "-l", self.log_level,
             "--component-log-level", "wasm:info",

@@ -14,7 +14,7 @@ use crate::body::{json_string, parse_llm_request, remove_member, splice, Edit, L
 use crate::config::Target;
 use crate::config::{Api, Gateway};
 use crate::directives::{self, Directives};
-use crate::endpoint::{error_api, Endpoint};
+use crate::endpoint::{error_api, is_json_content_type, strip_credential_params, Endpoint};
 use crate::errors::{ErrorKind, GatewayError};
 use crate::jwt::{self, JwtIdentity};
 use crate::keys::{presented_key, PresentedKey};
@@ -360,6 +360,13 @@ impl WeirHttp {
             host::remove_header(REQUEST_HEADERS, name)
                 .map_err(|s| self.internal("removing a directive header", s))?;
         }
+        // `x-envoy-*` headers steer Envoy itself (timeouts, retries): never from a client.
+        for (name, _) in host::headers(REQUEST_HEADERS) {
+            if name.starts_with("x-envoy-") {
+                host::remove_header(REQUEST_HEADERS, &name)
+                    .map_err(|s| self.internal("removing an x-envoy header", s))?;
+            }
+        }
 
         if endpoint == Endpoint::Models {
             // OpenAI's list format, or Anthropic's when the client sent `anthropic-version`.
@@ -374,6 +381,19 @@ impl WeirHttp {
                 ErrorKind::BadRequest,
                 "The request has no body; a JSON object is required.",
             )));
+        }
+        if let Some(content_type) = host::header_str(REQUEST_HEADERS, "content-type") {
+            if !is_json_content_type(&content_type) {
+                return Err(self.reject(GatewayError::new(
+                    ErrorKind::UnsupportedMediaType,
+                    "The request body must be JSON: send `Content-Type: application/json`.",
+                )));
+            }
+        }
+        // Some clients put keys in the query string: never forward them.
+        if let Some(clean) = strip_credential_params(&path) {
+            host::set_header(REQUEST_HEADERS, ":path", &clean)
+                .map_err(|s| self.internal("removing credentials from the query", s))?;
         }
         // The body will be rewritten: upstream gets it chunked rather than with a stale length.
         host::remove_header(REQUEST_HEADERS, "content-length")
@@ -804,6 +824,23 @@ impl WeirHttp {
 
     fn finish_record(&mut self) {
         let now = host::now();
+        if self.phase == Phase::Start {
+            // Envoy refused the request before Weir saw it (e.g. an HTTP codec error) but
+            // still runs the log phase: record what Envoy knows.
+            self.started = host::property_u64(&["request", "time"])
+                .map(|ns| SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(ns))
+                .unwrap_or(now);
+            self.record.time = humantime::format_rfc3339_millis(self.started).to_string();
+            self.record.request_id = envoy_request_id();
+            let text = |path: &[&str]| {
+                host::property(path)
+                    .and_then(|v| String::from_utf8(v).ok())
+                    .unwrap_or_default()
+            };
+            self.record.method = text(&["request", "method"]).chars().take(16).collect();
+            self.record.path = text(&["request", "url_path"]).chars().take(512).collect();
+            self.record.error = Some("rejected_by_envoy");
+        }
         self.record.status = host::property_u64(&["response", "code"]).unwrap_or(0) as u32;
         self.record.detail = host::property(&["response", "code_details"])
             .and_then(|d| String::from_utf8(d).ok())
@@ -834,6 +871,7 @@ impl WeirHttp {
                     Outcome::UpstreamError
                 }
             }
+            Phase::Start if self.record.status >= 400 => Outcome::Denied,
             Phase::Start | Phase::AwaitingBody => Outcome::ClientAborted,
         };
         self.record.decision = match self.advised {

@@ -1,0 +1,226 @@
+"""Hostile input and faults through the real Envoy: every bad request gets a clear error
+in the caller's API shape and exactly one audit record, and nothing unchecked is forwarded."""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import socket
+import time
+
+import httpx
+import pytest
+
+import devstack
+from conftest import DEMO_KEY, Running
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+JSON = {"content-type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def hostile(built, tmp_path_factory) -> Running:
+    # A short route timeout, so a slow provider is a quick test.
+    stack = devstack.Stack(tmp_path_factory.mktemp("hostile"), route_timeout="2s")
+    stack.start()
+    try:
+        yield Running(stack)
+    finally:
+        stack.stop()
+
+
+def big(size: int) -> bytes:
+    return b'{"model":"fast","messages":[{"role":"user","content":"' + b"a" * size + b'"}]}'
+
+
+def nested(depth: int) -> bytes:
+    return b'{"model":"fast","x":' + b"[" * depth + b"]" * depth + b"}"
+
+
+# (id, body, extra headers, status, OpenAI error code, words in the message)
+BAD_INPUT = [
+    ("not-json", b"{model: fast}", {}, 400, "invalid_request", "not valid JSON"),
+    ("not-an-object", b'["fast"]', {}, 400, "invalid_request", "JSON object"),
+    ("empty", b"  ", {}, 400, "invalid_request", "empty"),
+    ("missing-model", b'{"messages": []}', {}, 400, "invalid_request", "model parameter"),
+    ("model-not-a-string", b'{"model": ["fast"]}', {}, 400, "invalid_request", "must be a string"),
+    ("model-twice", b'{"model": "fast", "messages": [], "model": "best"}', {}, 400, "invalid_request", "more than once"),
+    ("invalid-utf8", b'{"model": "fast", "messages": [{"role": "user", "content": "\xff\xfe"}]}', {}, 400, "invalid_request", "UTF-8"),
+    ("wrong-content-type", b'{"model": "fast"}', {"content-type": "text/plain"}, 415, "unsupported_media_type", "Content-Type"),
+    ("form-encoded", b"model=fast", {"content-type": "application/x-www-form-urlencoded"}, 415, "unsupported_media_type", "JSON"),
+    ("over-the-limit", big(9 * 1024 * 1024), {}, 413, "request_too_large", "larger than the limit"),
+    ("nested-10000-deep", nested(10_000), {}, 400, "invalid_request", "nested deeper"),
+    ("huge-max-tokens", b'{"model": "fast", "messages": [], "max_tokens": 1e400}', {}, 400, "invalid_request", "positive integer"),
+    ("huge-integer", b'{"model": "fast", "messages": [], "max_tokens": 123456789012345678901234567890}', {}, 400, "invalid_request", "positive integer"),
+    ("infinite-temperature", b'{"model": "fast", "messages": [], "temperature": 1e999}', {}, 400, "invalid_request", "temperature"),
+    ("oversize-directive", b'{"model": "fast", "messages": []}', {"x-weir-user": "u" * 200}, 400, "invalid_request", "x-weir-user"),
+    ("bad-run-id", b'{"model": "fast", "messages": []}', {"x-weir-run-id": "run 1; drop"}, 400, "invalid_request", "x-weir-run-id"),
+    ("weir-sets-team", b'{"model": "fast", "messages": [], "weir": {"team": "finance"}}', {}, 400, "invalid_request", "weir.team"),
+    ("weir-sets-scopes", b'{"model": "fast", "messages": [], "weir": {"scopes": ["*"]}}', {}, 400, "invalid_request", "weir.scopes"),
+    ("no-body", b"", {}, 400, "invalid_request", "no body"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_INPUT, ids=[c[0] for c in BAD_INPUT])
+def test_bad_input_gets_a_clear_openai_error_and_one_record(hostile, rid, case):
+    _, body, extra, status, code, words = case
+    headers = {"authorization": f"Bearer {DEMO_KEY}", "x-weir-request-id": rid, **JSON, **extra}
+    response = httpx.post(hostile.url + "/v1/chat/completions", content=body, headers=headers, timeout=60)
+    assert response.status_code == status, response.text[:300]
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == code and words in error["message"], error
+    assert hostile.received(rid) == []
+    record = hostile.audit(rid)
+    assert (record["status"], record["outcome"], record["decision"]) == (status, "denied", "deny")
+
+
+@pytest.mark.parametrize("case", [c for c in BAD_INPUT if c[0] in ("not-json", "model-twice", "invalid-utf8", "over-the-limit")],
+                         ids=lambda c: c[0])
+def test_bad_input_on_messages_gets_anthropics_error_shape(hostile, rid, case):
+    _, body, extra, status, _, words = case
+    headers = {"x-api-key": DEMO_KEY, "anthropic-version": "2023-06-01", "x-weir-request-id": rid, **JSON, **extra}
+    response = httpx.post(hostile.url + "/v1/messages", content=body, headers=headers, timeout=60)
+    assert response.status_code == status
+    body = response.json()
+    assert body["type"] == "error" and words in body["error"]["message"]
+    assert hostile.received(rid) == []
+    assert hostile.audit(rid)["outcome"] == "denied"
+
+
+def raw_post(port: int, header_line: str, rid: str) -> bytes:
+    body = b'{"model":"fast","messages":[]}'
+    raw = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {DEMO_KEY}\r\n"
+           f"x-request-id: {rid}\r\nx-weir-request-id: {rid}\r\n{header_line}\r\n"
+           f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(raw)
+        return s.recv(65536)
+
+
+def test_directive_with_a_bare_cr_is_refused(hostile, rid):
+    reply = raw_post(hostile.stack.port, "x-weir-user: evil\rInjected: 1", rid)
+    assert reply.startswith(b"HTTP/1.1 400")
+    assert b'"code":"invalid_request"' in reply and b"x-weir-user" in reply
+    assert hostile.received(rid) == []
+    assert hostile.audit(rid)["error"] == "invalid_request"
+
+
+def test_requests_envoy_refuses_before_weir_still_get_a_record(hostile, rid):
+    """A NUL byte in a header: Envoy's HTTP codec answers 400 itself, before any filter."""
+    before = len(hostile.audit_records())
+    reply = raw_post(hostile.stack.port, "x-weir-user: ok\x00bad", rid)
+    assert reply.startswith(b"HTTP/1.1 400")
+    assert hostile.received(rid) == []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(hostile.audit_records()) == before:
+        time.sleep(0.1)
+    [record] = hostile.audit_records()[before:]
+    assert (record["status"], record["outcome"], record["decision"], record["error"]) == (
+        400, "denied", "deny", "rejected_by_envoy")
+    assert record["time"].endswith("Z") and record["duration_ms"] < 60_000
+    assert record["detail"].startswith("http1.")
+
+
+def test_credentials_in_the_query_string_are_ignored_and_not_forwarded(hostile, rid):
+    secret = "wk_live_QUERYSTRINGSECRET0123456789abcdef"
+    url = hostile.url + f"/v1/chat/completions?api_key={secret}&key={secret}&trace=1"
+    # The query key is not a credential for Weir:
+    response = httpx.post(url, json={"model": "fast", "messages": MESSAGES}, headers={"x-weir-request-id": rid}, timeout=10)
+    assert response.status_code == 401
+    rid2 = rid + "-authed"
+    response = httpx.post(url, json={"model": "fast", "messages": MESSAGES},
+                          headers={"authorization": f"Bearer {DEMO_KEY}", "x-weir-request-id": rid2}, timeout=10)
+    assert response.status_code == 200
+    [received] = hostile.received(rid2)
+    assert secret not in json.dumps(received)
+    assert received["path"] == "/v1/chat/completions"
+    assert secret not in hostile.stack.audit_log.read_text()
+    assert secret not in hostile.stack.envoy_log.read_text()
+
+
+def test_clients_cannot_steer_envoy_with_x_envoy_headers(hostile, rid):
+    headers = {"authorization": f"Bearer {DEMO_KEY}", "x-weir-request-id": rid,
+               "x-envoy-upstream-rq-timeout-ms": "1", "x-envoy-retry-on": "5xx", "x-envoy-max-retries": "10",
+               "x-mock-status": "500"}
+    response = httpx.post(hostile.url + "/v1/chat/completions", json={"model": "fast", "messages": MESSAGES},
+                          headers=headers, timeout=10)
+    assert response.status_code == 500
+    assert len(hostile.received(rid)) == 1  # no client-ordered retries
+    assert hostile.audit(rid)["attempts"] == 1
+
+
+@pytest.mark.parametrize(
+    "fault, status, detail",
+    [
+        ({"x-mock-delay-ms": "4000"}, 504, "response_timeout"),
+        ({"x-mock-drop-after": "0"}, 503, "upstream_reset_before_response_started"),
+        ({"x-mock-status": "503"}, 503, "via_upstream"),
+        ({"x-mock-status": "429"}, 429, "via_upstream"),
+    ],
+    ids=["slow", "reset-before-response", "503", "429"],
+)
+def test_provider_faults_give_a_sensible_status_in_the_clients_shape(hostile, rid, fault, status, detail):
+    headers = {"authorization": f"Bearer {DEMO_KEY}", "x-weir-request-id": rid, **fault}
+    response = httpx.post(hostile.url + "/v1/chat/completions", json={"model": "fast", "messages": MESSAGES},
+                          headers=headers, timeout=30)
+    assert response.status_code == status
+    assert "error" in response.json()
+    record = hostile.audit(rid)
+    assert (record["status"], record["outcome"]) == (status, "upstream_error")
+    assert record["detail"].startswith(detail)
+
+
+def test_reloading_the_filter_under_load_loses_nothing(hostile):
+    stack = hostile.stack
+    before = len(hostile.audit_records())
+    ids = [f"reload-{i}-{time.time_ns()}" for i in range(300)]
+
+    def send(rid):
+        r = httpx.post(stack.url + "/v1/chat/completions", json={"model": "fast", "messages": MESSAGES},
+                       headers={"authorization": f"Bearer {DEMO_KEY}", "x-weir-request-id": rid}, timeout=30)
+        return r.status_code
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(send, rid) for rid in ids]
+        for _ in range(6):  # rewrite the filter configuration while requests run
+            assert stack.bundle().returncode == 0
+            time.sleep(0.05)
+        statuses = [f.result() for f in futures]
+    assert statuses == [200] * len(ids)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(hostile.audit_records()) < before + len(ids):
+        time.sleep(0.1)
+    found = {r["request_id"] for r in hostile.audit_records()}
+    assert all(rid in found for rid in ids)
+    assert len(hostile.audit_records()) == before + len(ids)
+    assert stack.envoy.poll() is None
+
+
+def test_a_filter_that_cannot_load_fails_closed(built, tmp_path):
+    """FAIL_CLOSED: with Weir's VM unable to start, nothing is forwarded, the client gets a
+    JSON error, and the request is still recorded."""
+    stack = devstack.Stack(tmp_path)
+    try:
+        stack.start_mock()
+        assert stack.bundle().returncode == 0
+        broken = tmp_path / "broken.wasm"
+        broken.write_bytes(b"\0asm not a module")
+        resource = json.loads(stack.filter_config.read_text())
+        resource["resources"][0]["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] = str(broken)
+        stack.filter_config.write_text(json.dumps(resource))
+        stack.render()
+        stack.start_envoy()
+        response = httpx.post(stack.url + "/v1/chat/completions", json={"model": "fast", "messages": MESSAGES},
+                              headers={"authorization": f"Bearer {DEMO_KEY}", "x-request-id": "vm-down"}, timeout=10)
+        assert response.status_code >= 500
+        assert response.json()["error"]["type"] == "server_error"
+        assert httpx.get(stack.mock_url() + "/_mock/requests").json() == []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not stack.audit_log.exists():
+            time.sleep(0.1)
+        time.sleep(0.5)
+        [record] = [json.loads(line) for line in stack.audit_log.read_text().splitlines()]
+        assert (record["request_id"], record["outcome"], record["error"]) == ("vm-down", "error", "weir_unavailable")
+        assert DEMO_KEY not in stack.audit_log.read_text()
+    finally:
+        stack.stop()
