@@ -7,13 +7,14 @@ PY     := $(VENV)/bin/python
 WASM   := target/wasm32-wasip1/release/weir.wasm
 TARGET := wasm32-wasip1
 
-.PHONY: help run test unit policy-test integration soak lint fmt wasm bins venv wasm-target clean
+.PHONY: help run test unit policy-test integration soak bench lint fmt wasm bins venv wasm-target clean
 
 help:
 	@echo "make run    build Weir and start Envoy with it in front of the mock (or real) providers"
 	@echo "make test   run every test: lint, host unit tests, integration tests against a real Envoy"
 	@echo "make wasm   build $(WASM)"
 	@echo "make lint   cargo fmt --check and clippy (host and wasm)"
+	@echo "make bench  plain Envoy vs Envoy + Weir, side by side (BENCH_SECONDS per run, default 5)"
 	@echo "make soak   mixed traffic for SOAK_SECONDS (240): no unexpected errors, flat memory, one record per request"
 
 # -- the two commands -------------------------------------------------------------------------
@@ -47,6 +48,10 @@ policy-test: bins
 
 integration: wasm bins venv
 	$(PY) -m pytest -q tests
+
+bench: wasm bins venv
+	cargo build --profile bench-tools --bin weir-load
+	$(PY) tools/bench.py
 
 SOAK_SECONDS ?= 240
 soak: wasm bins venv

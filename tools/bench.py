@@ -1,0 +1,257 @@
+#!/usr/bin/env python3
+"""make bench: what Weir adds over plain Envoy, measured side by side in one run.
+
+Three Envoys on loopback: a fast upstream (direct_response with canned OpenAI answers),
+plain Envoy proxying to it, and Envoy + Weir (sample configuration: auth, the `standard`
+policy, tier rewrite, usage, audit) proxying to it. Each proxy has one worker. For each
+scenario and connection count, weir-load drives the proxy for a fixed time; CPU per
+request comes from the proxy's /proc/PID/stat. Prints a table and writes JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import devstack  # noqa: E402
+
+LOAD = devstack.ROOT / "target/bench-tools/weir-load"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+CHAT_JSON = json.dumps({
+    "id": "chatcmpl-bench", "object": "chat.completion", "created": 1, "model": "gpt-4.1-mini",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the bench upstream."},
+                 "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19,
+              "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}},
+})
+CHUNK = '{"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4.1-mini","choices":[{"index":0,"delta":{"content":"%s"},"finish_reason":null}],"usage":null}'
+SSE = "".join(f"data: {CHUNK % w}\n\n" for w in ["Hello ", "from ", "the ", "bench ", "upstream."]) + \
+    'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4.1-mini","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17}}\n\n' + \
+    "data: [DONE]\n\n"
+MODELS_JSON = json.dumps({"object": "list", "data": [{"id": "balanced", "object": "model", "created": 0, "owned_by": "x"}]})
+
+
+def upstream_yaml(port_file: Path) -> str:
+    return f"""
+admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }} }}
+static_resources:
+  listeners:
+  - name: upstream
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: upstream
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/", headers: [{{ name: x-bench, string_match: {{ exact: sse }} }}] }}
+                direct_response: {{ status: 200, body: {{ inline_string: {json.dumps(SSE)} }} }}
+                response_headers_to_add: [{{ header: {{ key: content-type, value: text/event-stream }} }}]
+              - match: {{ prefix: "/v1/models" }}
+                direct_response: {{ status: 200, body: {{ inline_string: {json.dumps(MODELS_JSON)} }} }}
+                response_headers_to_add: [{{ header: {{ key: content-type, value: application/json }} }}]
+              - match: {{ prefix: "/" }}
+                direct_response: {{ status: 200, body: {{ inline_string: {json.dumps(CHAT_JSON)} }} }}
+                response_headers_to_add: [{{ header: {{ key: content-type, value: application/json }} }}]
+"""
+
+
+def plain_yaml(upstream_port: int) -> str:
+    return f"""
+admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }} }}
+static_resources:
+  listeners:
+  - name: weir
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: plain
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: upstream, timeout: 300s }}
+  clusters:
+  - name: upstream
+    type: STATIC
+    load_assignment:
+      cluster_name: upstream
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream_port} }} }} }} }}] }}]
+"""
+
+
+class Envoy:
+    """An Envoy from a config string, on OS-chosen ports, stopped by PID."""
+
+    def __init__(self, workdir: Path, name: str, yaml: str):
+        self.dir = workdir / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "envoy.yaml").write_text(yaml)
+        admin_file = self.dir / "admin.txt"
+        self.proc = subprocess.Popen(
+            devstack.envoy_command() + ["-c", str(self.dir / "envoy.yaml"), "--disable-hot-restart",
+                                        "--base-id", str(devstack.unique_base_id()), "--concurrency", "1",
+                                        "--admin-address-path", str(admin_file), "-l", "error"],
+            stdout=open(self.dir / "envoy.log", "w"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while not (admin_file.exists() and admin_file.read_text().strip()):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"{name} did not start: {(self.dir / 'envoy.log').read_text()[-500:]}")
+            time.sleep(0.05)
+        self.admin = "http://" + admin_file.read_text().strip()
+        while devstack.http_get(self.admin + "/ready")[0] != 200:
+            time.sleep(0.05)
+        listeners = json.loads(devstack.http_get(self.admin + "/listeners?format=json")[1])["listener_statuses"]
+        self.port = listeners[0]["local_address"]["socket_address"]["port_value"]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+SCENARIOS = {
+    # name: (method, path, body, headers)
+    # The full path: auth, the `standard` Rego policy, tier rewrite, usage, cost, audit, metrics.
+    "buffered": ("POST", "/v1/chat/completions", {"model": "balanced", "messages": [{"role": "user", "content": "Hi"}]},
+                 [f"authorization: Bearer {devstack.DEMO_KEY}", "content-type: application/json", "x-bench: json",
+                  "x-weir-policy: standard"]),
+    # The same without a policy.
+    "buffered-no-policy": ("POST", "/v1/chat/completions", {"model": "balanced", "messages": [{"role": "user", "content": "Hi"}]},
+                           [f"authorization: Bearer {devstack.DEMO_KEY}", "content-type: application/json", "x-bench: json"]),
+    "streamed": ("POST", "/v1/chat/completions", {"model": "balanced", "stream": True, "messages": [{"role": "user", "content": "Hi"}]},
+                 [f"authorization: Bearer {devstack.DEMO_KEY}", "content-type: application/json", "x-bench: sse",
+                  "x-weir-policy: standard"]),
+    "denied": ("POST", "/v1/chat/completions", {"model": "balanced", "messages": [{"role": "user", "content": "Hi"}]},
+               ["authorization: Bearer wk_live_not_a_key", "content-type: application/json", "x-bench: json"]),
+    "models": ("GET", "/v1/models", None, [f"authorization: Bearer {devstack.DEMO_KEY}"]),
+}
+
+
+def run_load(proxy, workdir: Path, scenario: str, connections: int, seconds: float, warmup: float) -> dict:
+    method, path, body, headers = SCENARIOS[scenario]
+    args = [str(LOAD), "--addr", f"127.0.0.1:{proxy.port}", "--method", method, "--path", path,
+            "--connections", str(connections), "--seconds", str(seconds), "--warmup", str(warmup)]
+    if body is not None:
+        body_file = workdir / f"{scenario}.json"
+        body_file.write_text(json.dumps(body))
+        args += ["--body", str(body_file)]
+    for h in headers:
+        args += ["--header", h]
+    pid = proxy.proc.pid
+    load = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    time.sleep(warmup)
+    cpu0 = cpu_seconds(pid)
+    out, _ = load.communicate(timeout=seconds + warmup + 60)
+    cpu1 = cpu_seconds(pid)
+    result = json.loads(out)
+    result["cpu_us_per_request"] = round((cpu1 - cpu0) * 1e6 / max(result["requests"], 1), 1)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS", "5")))
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--out", type=Path, default=devstack.ROOT / "target/bench/results.json")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="weir-bench-"))
+    upstream = Envoy(workdir, "upstream", upstream_yaml(workdir))
+    plain = Envoy(workdir, "plain", plain_yaml(upstream.port))
+    # The sample configuration without a global default policy, so the scenarios choose:
+    # with `x-weir-policy: standard`, or without any policy.
+    config = workdir / "weir.toml"
+    config.write_text(devstack.sample_config_text().replace('default = "standard"\n', ""))
+    weir = devstack.Stack(workdir / "weir", config=config, flush_ms=1000)
+    weir.mock_addrs = {name: f"127.0.0.1:{upstream.port}" for name in devstack.CLUSTERS}
+    assert weir.bundle().returncode == 0
+    weir.render()
+    ready_started = time.monotonic()
+    weir.start_envoy()
+    ready_s = time.monotonic() - ready_started
+    weir.proc = weir.envoy  # same interface as Envoy for run_load
+    results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+               "wasm_bytes": devstack.WASM.stat().st_size, "weir_ready_s": round(ready_s, 2), "runs": []}
+    try:
+        for scenario in SCENARIOS:
+            for connections in (1, 16):
+                row = {"scenario": scenario, "connections": connections}
+                for name, proxy in (("plain", plain), ("weir", weir)):
+                    row[name] = run_load(proxy, workdir, scenario, connections, args.seconds, args.warmup)
+                p, w = row["plain"], row["weir"]
+                row["rps_ratio"] = round(w["rps"] / p["rps"], 3) if p["rps"] else None
+                row["added_cpu_us"] = round(w["cpu_us_per_request"] - p["cpu_us_per_request"], 1)
+                row["added_p50_ms"] = round(w["p50_ms"] - p["p50_ms"], 3)
+                results["runs"].append(row)
+                print(f"{scenario:9} c={connections:<2} plain {p['rps']:8.0f} rps  weir {w['rps']:8.0f} rps  "
+                      f"ratio {row['rps_ratio']}", file=sys.stderr, flush=True)
+        results["rss_mb"] = {"plain": round(rss_mb(plain.proc.pid), 1), "weir": round(rss_mb(weir.envoy.pid), 1),
+                             "upstream": round(rss_mb(upstream.proc.pid), 1)}
+    finally:
+        weir.stop()
+        plain.stop()
+        upstream.stop()
+
+    print(table(results))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"\nJSON: {args.out}")
+    return 0
+
+
+def table(results: dict) -> str:
+    lines = [
+        "| scenario | conns | plain rps | weir rps | weir/plain | plain p50 / p99 ms | weir p50 / p99 ms | plain CPU µs/req | weir CPU µs/req | added CPU µs |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["runs"]:
+        p, w = r["plain"], r["weir"]
+        lines.append(
+            f"| {r['scenario']} | {r['connections']} | {p['rps']:.0f} | {w['rps']:.0f} | {r['rps_ratio']:.2f} | "
+            f"{p['p50_ms']:.3f} / {p['p99_ms']:.3f} | {w['p50_ms']:.3f} / {w['p99_ms']:.3f} | "
+            f"{p['cpu_us_per_request']:.0f} | {w['cpu_us_per_request']:.0f} | {r['added_cpu_us']:+.0f} |"
+        )
+    rss = results.get("rss_mb", {})
+    lines.append("")
+    lines.append(f"weir.wasm {results['wasm_bytes'] / 1e6:.2f} MB; Envoy with Weir ready in {results['weir_ready_s']} s; "
+                 f"RSS after the run: plain {rss.get('plain')} MB, weir {rss.get('weir')} MB")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
