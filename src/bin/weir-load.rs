@@ -15,7 +15,10 @@ use serde_json::json;
 use tokio::net::TcpStream;
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "weir-load", about = "Closed-loop HTTP/1.1 load for Weir's benchmark")]
+#[command(
+    name = "weir-load",
+    about = "Closed-loop HTTP/1.1 load for Weir's benchmark"
+)]
 struct Args {
     /// host:port on loopback.
     #[arg(long)]
@@ -57,19 +60,26 @@ async fn connection(args: Args, body: Bytes, start: Instant) -> Tally {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await else {
+        let Ok((mut sender, conn)) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+        else {
             tally.errors += 1;
             continue;
         };
         tokio::spawn(conn);
         while Instant::now() < end {
-            let mut req = Request::builder().method(args.method.as_str()).uri(&args.path).header("host", "bench");
+            let mut req = Request::builder()
+                .method(args.method.as_str())
+                .uri(&args.path)
+                .header("host", "bench");
             for h in &args.headers {
                 if let Some((k, v)) = h.split_once(':') {
                     req = req.header(k.trim(), v.trim());
                 }
             }
-            let Ok(req) = req.body(Full::new(body.clone())) else { return tally };
+            let Ok(req) = req.body(Full::new(body.clone())) else {
+                return tally;
+            };
             let sent = Instant::now();
             let ok = match sender.send_request(req).await {
                 Ok(resp) => {
