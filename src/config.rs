@@ -111,6 +111,10 @@ pub struct GatewaySettings {
     /// successful JSON responses.
     #[serde(default)]
     pub response_metadata: bool,
+    /// Other `/v1/` paths (files, batches, ...): passed through to this provider, with
+    /// auth (scope `passthrough`) and audit; unset: refused with 404.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passthrough_provider: Option<String>,
 }
 
 impl Default for GatewaySettings {
@@ -122,6 +126,7 @@ impl Default for GatewaySettings {
             stream_usage: true,
             currency: default_currency(),
             response_metadata: false,
+            passthrough_provider: None,
         }
     }
 }
@@ -224,6 +229,14 @@ pub struct TargetConfig {
     /// Overrides the provider's cluster for this target (e.g. a regional deployment).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
+    /// Share of the tier's traffic this target serves first (relative to the others; 0:
+    /// never first, fallback only).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -304,6 +317,7 @@ pub struct Target {
     pub provider: usize,
     pub model: String,
     pub cluster: String,
+    pub weight: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -437,6 +451,14 @@ impl Config {
             });
         }
 
+        if let Some(name) = &g.passthrough_provider {
+            if !provider_index.contains_key(name.as_str()) {
+                return Err(err(
+                    "gateway.passthrough_provider",
+                    format!("unknown provider {name:?}"),
+                ));
+            }
+        }
         let mut tiers = HashMap::with_capacity(self.tiers.len());
         for (name, t) in &self.tiers {
             let path = format!("tiers.{name}");
@@ -446,6 +468,26 @@ impl Config {
                     format!("{path}.targets"),
                     "must list at least one target",
                 ));
+            }
+            for api in [Api::Openai, Api::Anthropic] {
+                let of_api: Vec<&TargetConfig> = t
+                    .targets
+                    .iter()
+                    .filter(|x| {
+                        self.providers
+                            .get(&x.provider)
+                            .is_some_and(|p| p.api == api)
+                    })
+                    .collect();
+                if !of_api.is_empty() && of_api.iter().all(|x| x.weight == 0) {
+                    return Err(err(
+                        format!("{path}.targets"),
+                        format!(
+                            "every {} target has weight 0: one must be able to serve first",
+                            api.as_str()
+                        ),
+                    ));
+                }
             }
             let mut targets = Vec::with_capacity(t.targets.len());
             for (i, target) in t.targets.iter().enumerate() {
@@ -472,6 +514,7 @@ impl Config {
                     provider,
                     model: target.model.clone(),
                     cluster,
+                    weight: target.weight,
                 });
             }
             tiers.insert(

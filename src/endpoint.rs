@@ -12,6 +12,14 @@ pub enum Endpoint {
     Models,
     /// `POST /v1/weir/advice`: the decision and route for a request, without calling a provider.
     Advice,
+    /// `POST /v1/embeddings` (OpenAI).
+    Embeddings,
+    /// `POST /v1/completions` (OpenAI, legacy).
+    Completions,
+    /// `POST /v1/responses` (OpenAI).
+    Responses,
+    /// Any other `/v1/` path, when the configuration passes them through.
+    Passthrough,
 }
 
 impl Endpoint {
@@ -24,6 +32,9 @@ impl Endpoint {
             "/v1/messages" => Some(Endpoint::Messages),
             "/v1/models" => Some(Endpoint::Models),
             "/v1/weir/advice" => Some(Endpoint::Advice),
+            "/v1/embeddings" => Some(Endpoint::Embeddings),
+            "/v1/completions" => Some(Endpoint::Completions),
+            "/v1/responses" => Some(Endpoint::Responses),
             _ => None,
         }
     }
@@ -32,7 +43,11 @@ impl Endpoint {
     /// `anthropic-version` header decides).
     pub fn api(self) -> Option<Api> {
         match self {
-            Endpoint::ChatCompletions => Some(Api::Openai),
+            Endpoint::ChatCompletions
+            | Endpoint::Embeddings
+            | Endpoint::Completions
+            | Endpoint::Responses
+            | Endpoint::Passthrough => Some(Api::Openai),
             Endpoint::Messages => Some(Api::Anthropic),
             Endpoint::Models | Endpoint::Advice => None,
         }
@@ -44,6 +59,10 @@ impl Endpoint {
             Endpoint::Messages => "messages",
             Endpoint::Models => "models",
             Endpoint::Advice => "advice",
+            Endpoint::Embeddings => "embeddings",
+            Endpoint::Completions => "completions",
+            Endpoint::Responses => "responses",
+            Endpoint::Passthrough => "passthrough",
         }
     }
 
@@ -54,12 +73,22 @@ impl Endpoint {
             Endpoint::Messages => "messages",
             Endpoint::Models => "models",
             Endpoint::Advice => "advice",
+            Endpoint::Embeddings => "embeddings",
+            Endpoint::Completions => "completions",
+            Endpoint::Responses => "responses",
+            Endpoint::Passthrough => "passthrough",
         }
+    }
+
+    /// OpenAI endpoints whose streams carry usage only when asked (`include_usage`).
+    pub fn needs_stream_usage_option(self) -> bool {
+        matches!(self, Endpoint::ChatCompletions | Endpoint::Completions)
     }
 
     pub fn method(self) -> &'static str {
         match self {
             Endpoint::Models => "GET",
+            Endpoint::Passthrough => "*",
             _ => "POST",
         }
     }

@@ -5,26 +5,62 @@ use crate::errors::{ErrorKind, GatewayError};
 use crate::models::visible_tiers;
 use crate::scopes::Scopes;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Route<'g> {
-    pub tier: &'g str,
-    pub target: &'g Target,
+    /// The tier named, or `None` for a concrete model.
+    pub tier: Option<&'g str>,
+    pub target: Target,
     pub provider: &'g Provider,
 }
 
-/// Picks the target that serves `model` for a client speaking `api`: the first target of
-/// the tier whose provider speaks the same API (translating between APIs comes later).
+/// A stable 64-bit hash (FNV-1a) of the request id: the same request id always picks the
+/// same target, so retries and traces agree.
+pub fn stable_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Picks among `targets` by weight, stably for `request_id`.
+pub fn pick<'t>(targets: &[&'t Target], request_id: &str) -> Option<&'t Target> {
+    let total: u64 = targets.iter().map(|t| u64::from(t.weight)).sum();
+    if total == 0 {
+        return targets.first().copied();
+    }
+    // Mix the hash so ids that differ only at the end still spread evenly.
+    let h = stable_hash(request_id);
+    let mut point = (h ^ (h >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9) % total;
+    for t in targets {
+        let w = u64::from(t.weight);
+        if point < w {
+            return Some(t);
+        }
+        point -= w;
+    }
+    targets.last().copied()
+}
+
+/// Picks the target that serves `model` for a client speaking `api`:
+/// - a tier: among its targets whose provider speaks the client's API (translating between
+///   APIs comes later), by weight, stably for `request_id`;
+/// - `provider/model`: that model at that provider;
+/// - a model some tier serves: that target.
+///
 /// The 404 for an unknown name lists only the tiers `scopes` allow.
 pub fn route<'g>(
     gateway: &'g Gateway,
     api: Api,
     model: &str,
     scopes: &Scopes,
+    request_id: &str,
 ) -> Result<Route<'g>, GatewayError> {
     let not_found = |message: String| {
         Err(GatewayError::new(ErrorKind::ModelNotFound, message).with_param(Some("model")))
     };
     let Some(tier) = gateway.tiers.get(model) else {
+        if let Some(route) = concrete(gateway, api, model) {
+            return Ok(route);
+        }
         let names = visible_tiers(gateway, scopes);
         return not_found(format!(
             "The model `{}` does not exist or you do not have access to it. Available tiers: {}.",
@@ -32,15 +68,23 @@ pub fn route<'g>(
             names.join(", ")
         ));
     };
-    for target in &tier.targets {
+    let candidates: Vec<&Target> = tier
+        .targets
+        .iter()
+        .filter(|t| {
+            gateway
+                .providers
+                .get(t.provider)
+                .is_some_and(|p| p.api == api)
+        })
+        .collect();
+    if let Some(target) = pick(&candidates, request_id) {
         if let Some(provider) = gateway.providers.get(target.provider) {
-            if provider.api == api {
-                return Ok(Route {
-                    tier: &tier.name,
-                    target,
-                    provider,
-                });
-            }
+            return Ok(Route {
+                tier: Some(&tier.name),
+                target: target.clone(),
+                provider,
+            });
         }
     }
     not_found(format!(
@@ -48,6 +92,40 @@ pub fn route<'g>(
         tier.name,
         api.as_str()
     ))
+}
+
+/// A concrete model: `provider/model`, or a model some tier serves over `api`.
+fn concrete<'g>(gateway: &'g Gateway, api: Api, model: &str) -> Option<Route<'g>> {
+    if let Some((name, rest)) = model.split_once('/') {
+        if let Some(provider) = gateway
+            .providers
+            .iter()
+            .find(|p| p.name == name && p.api == api)
+        {
+            if !rest.is_empty() {
+                return Some(Route {
+                    tier: None,
+                    target: Target {
+                        provider: gateway.providers.iter().position(|p| p.name == name)?,
+                        model: rest.to_string(),
+                        cluster: provider.cluster.clone(),
+                        weight: 1,
+                    },
+                    provider,
+                });
+            }
+        }
+    }
+    let mut tiers: Vec<&crate::config::Tier> = gateway.tiers.values().collect();
+    tiers.sort_by(|a, b| a.name.cmp(&b.name));
+    tiers.iter().flat_map(|t| t.targets.iter()).find_map(|t| {
+        let provider = gateway.providers.get(t.provider)?;
+        (t.model == model && provider.api == api).then(|| Route {
+            tier: None,
+            target: t.clone(),
+            provider,
+        })
+    })
 }
 
 /// A client-supplied name made safe to echo in an error: printable ASCII, bounded.
@@ -93,18 +171,76 @@ mod tests {
     #[test]
     fn picks_target_of_the_clients_api() {
         let g = gateway();
-        let r = route(&g, Api::Openai, "balanced", &all()).unwrap();
+        let r = route(&g, Api::Openai, "balanced", &all(), "r").unwrap();
         assert_eq!(
             (r.target.model.as_str(), r.target.cluster.as_str()),
             ("gpt", "c-oa")
         );
-        let r = route(&g, Api::Anthropic, "balanced", &all()).unwrap();
+        let r = route(&g, Api::Anthropic, "balanced", &all(), "r").unwrap();
         assert_eq!(r.target.model, "claude");
-        assert_eq!(r.tier, "balanced");
+        assert_eq!(r.tier, Some("balanced"));
     }
 
     fn all() -> Scopes {
         Scopes::parse(&["*"]).unwrap()
+    }
+
+    #[test]
+    fn weights_split_traffic_stably() {
+        let g = Config::from_json(
+            br#"{"providers": {"oa": {"api": "openai", "cluster": "c", "auth": "none"}},
+                 "tiers": {"canary": {"targets": [
+                   {"provider": "oa", "model": "stable", "weight": 95},
+                   {"provider": "oa", "model": "new", "weight": 5}]}}}"#,
+        )
+        .unwrap()
+        .compile()
+        .unwrap();
+        let n = 20_000;
+        let new = (0..n)
+            .filter(|i| {
+                route(&g, Api::Openai, "canary", &all(), &format!("req-{i}"))
+                    .unwrap()
+                    .target
+                    .model
+                    == "new"
+            })
+            .count();
+        let share = new as f64 / n as f64;
+        assert!((0.04..0.06).contains(&share), "{share}");
+        for i in 0..100 {
+            let id = format!("r{i}");
+            let a = route(&g, Api::Openai, "canary", &all(), &id)
+                .unwrap()
+                .target
+                .model;
+            let b = route(&g, Api::Openai, "canary", &all(), &id)
+                .unwrap()
+                .target
+                .model;
+            assert_eq!(a, b);
+        }
+    }
+
+    #[test]
+    fn concrete_models() {
+        let g = gateway();
+        let r = route(&g, Api::Openai, "oa/gpt-5-preview", &all(), "r").unwrap();
+        assert_eq!(
+            (r.tier, r.target.model.as_str(), r.target.cluster.as_str()),
+            (None, "gpt-5-preview", "c-oa")
+        );
+        let r = route(&g, Api::Anthropic, "claude", &all(), "r").unwrap();
+        assert_eq!((r.tier, r.provider.name.as_str()), (None, "an"));
+        assert!(
+            route(&g, Api::Openai, "an/claude", &all(), "r").is_err(),
+            "wrong API for the provider"
+        );
+        assert!(route(&g, Api::Openai, "oa/", &all(), "r").is_err());
+        assert!(
+            route(&g, Api::Openai, "claude", &all(), "r").is_err(),
+            "served only over Anthropic"
+        );
     }
 
     #[test]
@@ -115,6 +251,7 @@ mod tests {
             Api::Openai,
             "x",
             &Scopes::parse(&["model:bal*"]).unwrap(),
+            "r",
         )
         .unwrap_err();
         assert!(
@@ -127,11 +264,11 @@ mod tests {
     #[test]
     fn unknown_tier_is_404() {
         let g = gateway();
-        let e = route(&g, Api::Openai, "gpt-9\n", &all()).unwrap_err();
+        let e = route(&g, Api::Openai, "gpt-9\n", &all(), "r").unwrap_err();
         assert_eq!(e.status(), 404);
         assert!(e.message.contains("`gpt-9?`"), "{}", e.message);
         assert!(e.message.contains("balanced, claude-only"));
-        let e = route(&g, Api::Openai, "claude-only", &all()).unwrap_err();
+        let e = route(&g, Api::Openai, "claude-only", &all(), "r").unwrap_err();
         assert_eq!(e.status(), 404);
     }
 }

@@ -6,7 +6,7 @@ use crate::endpoint::Endpoint;
 
 /// Endpoint scope names Weir knows. Unknown names are refused when the configuration is
 /// compiled, so a typo cannot silently grant or withhold access.
-pub const ENDPOINT_SCOPES: [&str; 7] = [
+pub const ENDPOINT_SCOPES: [&str; 8] = [
     "chat",
     "messages",
     "models",
@@ -14,6 +14,7 @@ pub const ENDPOINT_SCOPES: [&str; 7] = [
     "embeddings",
     "completions",
     "responses",
+    "passthrough",
 ];
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

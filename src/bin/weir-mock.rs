@@ -166,11 +166,12 @@ async fn handle(
     });
     let auth_ok = match (required, path.as_str()) {
         (None, _) => true,
-        (Some(k), "/v1/chat/completions") => {
-            header(&req, "authorization") == Some(format!("Bearer {k}").as_str())
-        }
         (Some(k), "/v1/messages") => {
             header(&req, "x-api-key") == Some(k) && header(&req, "anthropic-version").is_some()
+        }
+        // Every other API path is OpenAI's: bearer credential.
+        (Some(k), p) if p.starts_with("/v1/") => {
+            header(&req, "authorization") == Some(format!("Bearer {k}").as_str())
         }
         (Some(_), _) => true,
     };
@@ -207,6 +208,19 @@ async fn handle(
             io::ErrorKind::ConnectionReset,
             "x-mock-drop-after: 0",
         ));
+    }
+    if !auth_ok && path != "/v1/chat/completions" && path != "/v1/messages" {
+        return Ok(json_response(
+            401,
+            &openai_error(
+                "invalid_request_error",
+                "mock: wrong or missing provider credential",
+            ),
+        ));
+    }
+    // Other OpenAI endpoints: simple answers with usage in their own shapes.
+    if let Some(answer) = other_openai(&path, &body) {
+        return Ok(json_response(200, &answer));
     }
     let api = match path.as_str() {
         "/v1/chat/completions" => Api::OpenAi,
@@ -591,4 +605,51 @@ impl Reply {
         events.push(event("message_stop", json!({"type": "message_stop"})));
         events
     }
+}
+
+/// `/v1/embeddings`, `/v1/completions`, `/v1/responses`, and a pass-through probe
+/// (`/v1/files`), each with usage shaped as the real API shapes it.
+fn other_openai(path: &str, body: &[u8]) -> Option<Value> {
+    let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let model = request
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("unknown")
+        .to_string();
+    let words = |v: Option<&Value>| -> u64 {
+        match v {
+            Some(Value::String(s)) => word_count(s),
+            Some(Value::Array(items)) => items.iter().map(|i| word_count(&content_text(i))).sum(),
+            _ => 0,
+        }
+    };
+    Some(match path {
+        "/v1/embeddings" => {
+            let n = words(request.get("input")).max(1);
+            json!({"object": "list", "model": model,
+                   "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
+                   "usage": {"prompt_tokens": n, "total_tokens": n}})
+        }
+        "/v1/completions" => {
+            let prompt = words(request.get("prompt")) + 1;
+            let text = format!("Mock completion from {model}");
+            let out = word_count(&text);
+            json!({"id": "cmpl-mock", "object": "text_completion", "model": model,
+                   "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": null}],
+                   "usage": {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}})
+        }
+        "/v1/responses" => {
+            let input = words(request.get("input")) + 3;
+            let text = format!("Mock response from {model}");
+            let out = word_count(&text);
+            json!({"id": "resp_mock", "object": "response", "model": model, "status": "completed",
+                   "output": [{"type": "message", "role": "assistant",
+                               "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+                   "usage": {"input_tokens": input, "output_tokens": out, "total_tokens": input + out,
+                             "input_tokens_details": {"cached_tokens": 0},
+                             "output_tokens_details": {"reasoning_tokens": 0}}})
+        }
+        p if p.starts_with("/v1/files") => json!({"object": "list", "data": [], "path": p}),
+        _ => return None,
+    })
 }

@@ -35,7 +35,8 @@ const SECRET_HEADERS: [&str; 4] = [
 
 /// Where an allowed request goes.
 struct Plan {
-    tier: String,
+    /// `None` for a concrete model.
+    tier: Option<String>,
     target: Target,
     provider: String,
     max_tokens: Option<u64>,
@@ -79,6 +80,7 @@ fn scopes_of<'a>(gateway: &'a Gateway, caller: &'a Option<Caller>) -> Option<&'a
 
 pub struct WeirHttp {
     gateway: Option<Rc<Gateway>>,
+    endpoint: Option<Endpoint>,
     caller: Option<Caller>,
     phase: Phase,
     started: SystemTime,
@@ -102,6 +104,7 @@ impl WeirHttp {
     pub fn new(gateway: Option<Rc<Gateway>>) -> Self {
         WeirHttp {
             gateway,
+            endpoint: None,
             caller: None,
             phase: Phase::Start,
             started: SystemTime::UNIX_EPOCH,
@@ -313,18 +316,26 @@ impl WeirHttp {
         };
         self.header_directives()?;
 
-        let Some(endpoint) = Endpoint::classify(&path) else {
-            return Err(self.reject(GatewayError::new(
-                ErrorKind::EndpointNotFound,
-                format!(
-                    "Unknown request URL: {} {}. Weir serves POST /v1/chat/completions, POST /v1/messages and GET /v1/models.",
-                    printable(&self.record.method),
-                    printable(&self.record.path)
-                ),
-            )));
+        let passthrough =
+            gateway.settings.passthrough_provider.is_some() && path.starts_with("/v1/");
+        let endpoint = match Endpoint::classify(&path) {
+            Some(endpoint) => endpoint,
+            None if passthrough => Endpoint::Passthrough,
+            None => {
+                return Err(self.reject(GatewayError::new(
+                    ErrorKind::EndpointNotFound,
+                    format!(
+                        "Unknown request URL: {} {}. Weir serves POST /v1/chat/completions, /v1/messages, \
+                         /v1/embeddings, /v1/completions, /v1/responses and GET /v1/models.",
+                        printable(&self.record.method),
+                        printable(&self.record.path)
+                    ),
+                )))
+            }
         };
         self.record.endpoint = Some(endpoint.name());
-        if method != endpoint.method() {
+        self.endpoint = Some(endpoint);
+        if endpoint.method() != "*" && method != endpoint.method() {
             return Err(self.reject(GatewayError::new(
                 ErrorKind::MethodNotAllowed,
                 format!("{} only accepts {}.", self.record.path, endpoint.method()),
@@ -368,6 +379,9 @@ impl WeirHttp {
             }
         }
 
+        if endpoint == Endpoint::Passthrough {
+            return self.pass_through(&gateway);
+        }
         if endpoint == Endpoint::Models {
             // OpenAI's list format, or Anthropic's when the client sent `anthropic-version`.
             let api = self.api;
@@ -478,7 +492,11 @@ impl WeirHttp {
 
         let (mut edits, usage_added) = match self.api {
             Api::Openai => {
-                openai::request_edits(&request, &plan.target.model, gateway.settings.stream_usage)
+                let stream_usage = gateway.settings.stream_usage
+                    && self
+                        .endpoint
+                        .is_some_and(Endpoint::needs_stream_usage_option);
+                openai::request_edits(&request, &plan.target.model, stream_usage)
             }
             Api::Anthropic => (
                 vec![Edit {
@@ -520,12 +538,42 @@ impl WeirHttp {
             .map_err(|s| self.internal("setting the request id", s))?;
         host::clear_route_cache().map_err(|s| self.internal("clearing the route cache", s))?;
 
-        self.record.tier = Some(plan.tier.clone());
+        self.record.tier = plan.tier.clone();
         self.record.served_model = Some(plan.target.model.clone());
         self.target_model = Some(plan.target.model.clone());
         self.record.provider = Some(provider.name.clone());
         self.record.cluster = Some(plan.target.cluster.clone());
         self.record.usage_requested_by_weir = usage_added;
+        self.phase = Phase::Forwarded;
+        Ok(Action::Continue)
+    }
+
+    /// Other `/v1/` paths, when configured: authenticated and audited, sent as they are to
+    /// the pass-through provider with its credential.
+    fn pass_through(&mut self, gateway: &Gateway) -> Result<Action, Action> {
+        let provider = gateway
+            .settings
+            .passthrough_provider
+            .as_ref()
+            .and_then(|name| gateway.providers.iter().find(|p| &p.name == name));
+        let Some(provider) = provider else {
+            return Err(self.internal("finding the pass-through provider", 0));
+        };
+        host::set_header(
+            REQUEST_HEADERS,
+            &gateway.settings.cluster_header,
+            &provider.cluster,
+        )
+        .map_err(|s| self.internal("setting the cluster header", s))?;
+        if let Some((name, value)) = &provider.credential_header {
+            host::set_header(REQUEST_HEADERS, name, &value.0)
+                .map_err(|s| self.internal("setting the provider credential", s))?;
+        }
+        host::set_header(REQUEST_HEADERS, REQUEST_ID_HEADER, &self.record.request_id)
+            .map_err(|s| self.internal("setting the request id", s))?;
+        host::clear_route_cache().map_err(|s| self.internal("clearing the route cache", s))?;
+        self.record.provider = Some(provider.name.clone());
+        self.record.cluster = Some(provider.cluster.clone());
         self.phase = Phase::Forwarded;
         Ok(Action::Continue)
     }
@@ -587,10 +635,10 @@ impl WeirHttp {
 
         let empty = Scopes::default();
         let scopes = scopes_of(gateway, &self.caller).unwrap_or(&empty);
-        let route = route(gateway, self.api, &model, scopes)?;
+        let route = route(gateway, self.api, &model, scopes, &self.record.request_id)?;
         Ok(Plan {
-            tier: route.tier.to_string(),
-            target: route.target.clone(),
+            tier: route.tier.map(str::to_string),
+            target: route.target,
             provider: route.provider.name.clone(),
             max_tokens,
         })
@@ -1049,10 +1097,18 @@ impl HttpContext for WeirHttp {
             self.record.attempts = n;
         }
         let run_id = self.run_id().to_string();
+        // Which tier and model served, for clients and for tracing.
+        let tier = self.record.tier.clone().unwrap_or_default();
+        let model = self.target_model.clone().unwrap_or_default();
         for (name, value) in [
             (REQUEST_ID_HEADER, self.record.request_id.as_str()),
             (RUN_ID_HEADER, run_id.as_str()),
+            ("x-weir-tier", tier.as_str()),
+            ("x-weir-model", model.as_str()),
         ] {
+            if value.is_empty() {
+                continue;
+            }
             if let Err(s) = host::set_header(RESPONSE_HEADERS, name, value) {
                 log::warn!("weir: could not set the response header {name} (host status {s})");
             }

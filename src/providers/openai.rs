@@ -7,17 +7,20 @@ use super::ResponseFacts;
 use crate::body::{json_string, member_range, Edit, LlmRequest};
 use crate::usage::{find, has_usage_object, Usage};
 
+/// Chat and legacy completions, embeddings (`prompt_tokens` only) and the Responses API
+/// (`input_tokens` / `output_tokens` and their `_details`) report the same things under
+/// two sets of names.
 #[derive(Debug, Default, Deserialize)]
 pub struct OpenAiUsage {
-    #[serde(default)]
+    #[serde(default, alias = "input_tokens")]
     pub prompt_tokens: Option<u64>,
-    #[serde(default)]
+    #[serde(default, alias = "output_tokens")]
     pub completion_tokens: Option<u64>,
     #[serde(default)]
     pub total_tokens: Option<u64>,
-    #[serde(default)]
+    #[serde(default, alias = "input_tokens_details")]
     pub prompt_tokens_details: Option<PromptDetails>,
-    #[serde(default)]
+    #[serde(default, alias = "output_tokens_details")]
     pub completion_tokens_details: Option<CompletionDetails>,
 }
 
@@ -65,6 +68,9 @@ struct CompletionFacts {
     model: Option<String>,
     #[serde(default)]
     usage: Option<OpenAiUsage>,
+    /// Responses API stream events carry the response object here.
+    #[serde(default)]
+    response: Option<Box<CompletionFacts>>,
 }
 
 pub fn facts_from_json(body: &[u8]) -> ResponseFacts {
@@ -88,10 +94,16 @@ pub fn on_sse_event(facts: &mut ResponseFacts, data: &[u8]) {
         return;
     }
     if let Ok(chunk) = serde_json::from_slice::<CompletionFacts>(data) {
+        let (model, usage) = match chunk.response {
+            Some(inner) if chunk.model.is_none() && chunk.usage.is_none() => {
+                (inner.model, inner.usage)
+            }
+            _ => (chunk.model, chunk.usage),
+        };
         if facts.served_model.is_none() {
-            facts.served_model = chunk.model;
+            facts.served_model = model;
         }
-        if let Some(u) = chunk.usage {
+        if let Some(u) = usage {
             facts.usage = Some(u.to_usage());
         }
     }
@@ -266,6 +278,31 @@ mod tests {
             panic!()
         };
         assert_eq!(&first[range], br#""usage": null,"#);
+    }
+
+    #[test]
+    fn usage_from_other_openai_shapes() {
+        let f = facts_from_json(br#"{"object":"list","model":"text-embedding-3-small","usage":{"prompt_tokens":8,"total_tokens":8}}"#);
+        assert_eq!(f.usage.unwrap().prompt_tokens, 8);
+        let f = facts_from_json(br#"{"object":"response","model":"gpt-4.1","usage":{"input_tokens":20,"output_tokens":9,"total_tokens":29,"input_tokens_details":{"cached_tokens":4},"output_tokens_details":{"reasoning_tokens":3}}}"#);
+        let u = f.usage.unwrap();
+        assert_eq!(
+            (
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.cached_tokens,
+                u.reasoning_tokens
+            ),
+            (20, 9, 4, 3)
+        );
+        let mut f = ResponseFacts::default();
+        on_sse_event(
+            &mut f,
+            br#"{"type":"response.created","response":{"model":"gpt-4.1","usage":null}}"#,
+        );
+        on_sse_event(&mut f, br#"{"type":"response.completed","response":{"model":"gpt-4.1","usage":{"input_tokens":5,"output_tokens":2,"total_tokens":7}}}"#);
+        assert_eq!(f.served_model.as_deref(), Some("gpt-4.1"));
+        assert_eq!(f.usage.unwrap().total_tokens, 7);
     }
 
     #[test]

@@ -1,0 +1,160 @@
+"""Routing through the real Envoy: weighted targets (canaries), concrete model names,
+the other OpenAI endpoints, response headers and pass-through of other /v1/ paths."""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import json
+import subprocess
+
+import httpx
+import openai
+import pytest
+
+import devstack
+from conftest import DEMO_KEY, Running
+
+MESSAGES = [{"role": "user", "content": "route me"}]
+
+
+@pytest.fixture(scope="module")
+def routing(built, tmp_path_factory) -> Running:
+    workdir = tmp_path_factory.mktemp("routing")
+    text = devstack.sample_config_text().replace(
+        'stream_usage = true', 'stream_usage = true\npassthrough_provider = "openai"', 1)
+    text += '''
+[tiers.canary]
+description = "90% the current model, 10% the candidate"
+targets = [
+  { provider = "openai", model = "gpt-4.1-mini", weight = 90 },
+  { provider = "openai", model = "gpt-4.1-mini-candidate", weight = 10 },
+]
+'''
+    config = workdir / "weir.toml"
+    config.write_text(text)
+
+    def key(*scopes: str) -> str:
+        r = subprocess.run([str(devstack.WEIR_BIN), "keys", "new", "-c", str(config), "--name", "r", "--team", "t",
+                            "--scopes", ",".join(scopes)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip()
+
+    keys = {
+        "all": key("*"),
+        "fast-only": key("chat", "model:fast"),
+        "openai-models": key("chat", "model:openai/*", "model:gpt-4o-mini"),
+        "no-embeddings": key("chat", "model:*"),
+        "embeddings": key("embeddings", "completions", "responses", "model:*"),
+        "no-passthrough": key("chat", "model:*"),
+    }
+    stack = devstack.Stack(workdir / "stack", config=config)
+    stack.start()
+    running = Running(stack)
+    running.keys = keys
+    try:
+        yield running
+    finally:
+        stack.stop()
+
+
+# One client for the module: creating one per request costs ~20 ms (its SSL context).
+HTTP = httpx.Client(timeout=30, limits=httpx.Limits(max_connections=16))
+
+
+def chat(r: Running, key: str, model: str, rid: str) -> httpx.Response:
+    return HTTP.post(r.url + "/v1/chat/completions", json={"model": model, "messages": MESSAGES},
+                     headers={"authorization": f"Bearer {key}", "x-weir-request-id": rid})
+
+
+def test_weights_split_traffic_within_a_few_percent(routing):
+    ids = [f"canary-{i}" for i in range(2000)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda rid: chat(routing, DEMO_KEY, "canary", rid), ids))
+    assert all(r.status_code == 200 for r in responses)
+    served = collections.Counter(r.headers["x-weir-model"] for r in responses)
+    share = served["gpt-4.1-mini-candidate"] / len(ids)
+    assert 0.07 <= share <= 0.13, served
+    # What the provider received agrees with the header, and the choice is stable per id.
+    for r, rid in list(zip(responses, ids))[:20]:
+        [received] = routing.received(rid)
+        assert json.loads(received["body"])["model"] == r.headers["x-weir-model"]
+        again = chat(routing, DEMO_KEY, "canary", rid)
+        assert again.headers["x-weir-model"] == r.headers["x-weir-model"]
+
+
+def test_response_headers_name_the_tier_and_model(routing, rid):
+    response = chat(routing, DEMO_KEY, "balanced", rid)
+    assert (response.headers["x-weir-tier"], response.headers["x-weir-model"]) == ("balanced", "gpt-4.1-mini")
+    assert response.headers["x-weir-request-id"] == rid
+
+
+def test_concrete_models_when_the_scope_allows(routing, rid):
+    keys = routing.keys
+    # A model some tier serves, by name.
+    response = chat(routing, keys["openai-models"], "gpt-4o-mini", rid)
+    assert response.status_code == 200 and response.json()["model"] == "gpt-4o-mini"
+    assert "x-weir-tier" not in response.headers
+    record = routing.audit(rid)
+    assert (record["tier"], record["requested_model"], record["provider"]) == (None, "gpt-4o-mini", "openai")
+    # provider/model: any model of that provider.
+    response = chat(routing, keys["openai-models"], "openai/gpt-5-preview", rid + "-p")
+    assert response.status_code == 200 and response.json()["model"] == "gpt-5-preview"
+    [received] = routing.received(rid + "-p")
+    assert json.loads(received["body"])["model"] == "gpt-5-preview" and received["listener"] == "openai"
+    # Not in the key's scopes: 403, nothing forwarded.
+    response = chat(routing, keys["fast-only"], "openai/gpt-5-preview", rid + "-s")
+    assert response.status_code == 403 and routing.received(rid + "-s") == []
+    # Unknown bare model: 404.
+    assert chat(routing, keys["all"], "gpt-nonexistent", rid + "-u").status_code == 404
+    # A provider of the other API: 404 on this endpoint.
+    assert chat(routing, keys["all"], "anthropic/claude-opus-4-1", rid + "-a").status_code == 404
+
+
+def test_other_openai_endpoints_get_auth_rewrite_and_audit(routing, rid):
+    client = openai.OpenAI(base_url=routing.url + "/v1", api_key=routing.keys["embeddings"], max_retries=0)
+    raw = client.embeddings.with_raw_response.create(model="fast", input="three words here",
+                                                     extra_headers={"x-weir-request-id": rid})
+    embedding = raw.parse()
+    assert embedding.model == "gpt-4o-mini" and len(embedding.data[0].embedding) == 3
+    [received] = routing.received(rid)
+    assert received["path"] == "/v1/embeddings" and json.loads(received["body"])["model"] == "gpt-4o-mini"
+    assert received["headers"]["authorization"] == "Bearer mock-openai-credential"
+    record = routing.audit(rid)
+    assert (record["endpoint"], record["tier"], record["usage"]["prompt_tokens"]) == ("embeddings", "fast", embedding.usage.prompt_tokens)
+
+    completion = client.completions.create(model="balanced", prompt="Say hi", extra_headers={"x-weir-request-id": rid + "-c"})
+    assert completion.model == "gpt-4.1-mini"
+    assert routing.audit(rid + "-c")["usage"]["total_tokens"] == completion.usage.total_tokens
+
+    response = client.responses.create(model="best", input="Hello there", extra_headers={"x-weir-request-id": rid + "-r"})
+    assert response.model == "gpt-4.1" and "Mock response" in response.output_text
+    record = routing.audit(rid + "-r")
+    assert (record["endpoint"], record["usage"]["prompt_tokens"], record["usage"]["completion_tokens"]) == (
+        "responses", response.usage.input_tokens, response.usage.output_tokens)
+
+    # Each endpoint has its scope.
+    other = openai.OpenAI(base_url=routing.url + "/v1", api_key=routing.keys["no-embeddings"], max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError) as raised:
+        other.embeddings.create(model="fast", input="x")
+    assert "`embeddings`" in str(raised.value)
+
+
+def test_other_v1_paths_pass_through_with_auth_when_configured(routing, rid):
+    headers = {"authorization": f"Bearer {routing.keys['all']}", "x-weir-request-id": rid}
+    response = httpx.get(routing.url + "/v1/files?purpose=batch", headers=headers, timeout=10)
+    assert response.status_code == 200 and response.json()["path"] == "/v1/files"
+    [received] = routing.received(rid)
+    assert received["headers"]["authorization"] == "Bearer mock-openai-credential"
+    assert routing.keys["all"] not in json.dumps(received)
+    record = routing.audit(rid)
+    assert (record["endpoint"], record["provider"], record["outcome"]) == ("passthrough", "openai", "completed")
+    # Needs a key, and the scope.
+    assert httpx.get(routing.url + "/v1/files", timeout=10).status_code == 401
+    response = httpx.get(routing.url + "/v1/files", headers={"authorization": f"Bearer {routing.keys['no-passthrough']}"}, timeout=10)
+    assert response.status_code == 403 and "`passthrough`" in response.json()["error"]["message"]
+
+
+def test_other_v1_paths_are_refused_by_default(weir, rid):
+    response = httpx.get(weir.url + "/v1/files", headers={"authorization": f"Bearer {DEMO_KEY}", "x-weir-request-id": rid})
+    assert response.status_code == 404
+    assert weir.received(rid) == []
