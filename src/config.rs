@@ -219,6 +219,10 @@ pub struct TierConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     pub targets: Vec<TargetConfig>,
+    /// On 429, 5xx or an unreachable provider, Envoy retries on the tier's next target (of
+    /// the client's API). Needs the tier's failover clusters in Envoy (see the README).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub failover: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -324,6 +328,7 @@ pub struct Target {
 pub struct Tier {
     pub name: String,
     pub targets: Vec<Target>,
+    pub failover: bool,
 }
 
 /// The compiled configuration: everything a request needs, indexed, built once per VM.
@@ -489,6 +494,26 @@ impl Config {
                     ));
                 }
             }
+            if t.failover {
+                // Each retry moves to the next cluster of the tier's failover cluster, so the
+                // targets of one API must be on distinct clusters.
+                for api in [Api::Openai, Api::Anthropic] {
+                    let mut seen = std::collections::HashSet::new();
+                    for x in &t.targets {
+                        let Some(p) = self.providers.get(&x.provider) else {
+                            continue;
+                        };
+                        if p.api == api
+                            && !seen.insert(x.cluster.clone().unwrap_or_else(|| p.cluster.clone()))
+                        {
+                            return Err(err(
+                                format!("{path}.targets"),
+                                "failover needs each target of one API on its own cluster",
+                            ));
+                        }
+                    }
+                }
+            }
             let mut targets = Vec::with_capacity(t.targets.len());
             for (i, target) in t.targets.iter().enumerate() {
                 let tpath = format!("{path}.targets[{i}]");
@@ -522,6 +547,7 @@ impl Config {
                 Tier {
                     name: name.clone(),
                     targets,
+                    failover: t.failover,
                 },
             );
         }

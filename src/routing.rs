@@ -11,6 +11,41 @@ pub struct Route<'g> {
     pub tier: Option<&'g str>,
     pub target: Target,
     pub provider: &'g Provider,
+    /// For a failover tier: indexes into the tier's targets in attempt order (the chosen
+    /// target first) and the Envoy cluster that tries them in that order.
+    pub failover: Option<Failover>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failover {
+    pub order: Vec<usize>,
+    pub cluster: String,
+}
+
+/// The failover cluster for `tier`, `api`, with the tier's `first`-th target of that API
+/// tried first: `weir-failover.<tier>.<api>.<first>`. tools/devstack.py generates these.
+pub fn failover_cluster(tier: &str, api: Api, first: usize) -> String {
+    format!("weir-failover.{tier}.{}.{first}", api.as_str())
+}
+
+/// The header carrying the attempt order from the filter to the per-attempt filter:
+/// `<tier>;<index>,<index>,...`.
+pub const FAILOVER_HEADER: &str = "x-weir-failover";
+
+pub fn failover_header(tier: &str, order: &[usize]) -> String {
+    let order: Vec<String> = order.iter().map(usize::to_string).collect();
+    format!("{tier};{}", order.join(","))
+}
+
+/// Reads `x-weir-failover` back: the tier and the target index for `attempt` (1-based).
+pub fn failover_target(value: &str, attempt: usize) -> Option<(&str, usize)> {
+    let (tier, order) = value.split_once(';')?;
+    let order: Vec<usize> = order
+        .split(',')
+        .map(|i| i.parse().ok())
+        .collect::<Option<_>>()?;
+    let at = attempt.checked_sub(1)? % order.len().max(1);
+    Some((tier, *order.get(at)?))
 }
 
 /// A stable 64-bit hash (FNV-1a) of the request id: the same request id always picks the
@@ -68,22 +103,42 @@ pub fn route<'g>(
             names.join(", ")
         ));
     };
-    let candidates: Vec<&Target> = tier
+    let candidates: Vec<(usize, &Target)> = tier
         .targets
         .iter()
-        .filter(|t| {
+        .enumerate()
+        .filter(|(_, t)| {
             gateway
                 .providers
                 .get(t.provider)
                 .is_some_and(|p| p.api == api)
         })
         .collect();
-    if let Some(target) = pick(&candidates, request_id) {
+    let only: Vec<&Target> = candidates.iter().map(|(_, t)| *t).collect();
+    if let Some(target) = pick(&only, request_id) {
         if let Some(provider) = gateway.providers.get(target.provider) {
+            let first = only
+                .iter()
+                .position(|t| std::ptr::eq(*t, target))
+                .unwrap_or(0);
+            let failover = (tier.failover && candidates.len() > 1).then(|| {
+                let mut order = vec![candidates[first].0];
+                order.extend(
+                    candidates
+                        .iter()
+                        .map(|(i, _)| *i)
+                        .filter(|i| *i != candidates[first].0),
+                );
+                Failover {
+                    order,
+                    cluster: failover_cluster(&tier.name, api, first),
+                }
+            });
             return Ok(Route {
                 tier: Some(&tier.name),
                 target: target.clone(),
                 provider,
+                failover,
             });
         }
     }
@@ -105,6 +160,7 @@ fn concrete<'g>(gateway: &'g Gateway, api: Api, model: &str) -> Option<Route<'g>
             if !rest.is_empty() {
                 return Some(Route {
                     tier: None,
+                    failover: None,
                     target: Target {
                         provider: gateway.providers.iter().position(|p| p.name == name)?,
                         model: rest.to_string(),
@@ -124,6 +180,7 @@ fn concrete<'g>(gateway: &'g Gateway, api: Api, model: &str) -> Option<Route<'g>
             tier: None,
             target: t.clone(),
             provider,
+            failover: None,
         })
     })
 }
@@ -220,6 +277,52 @@ mod tests {
                 .model;
             assert_eq!(a, b);
         }
+    }
+
+    #[test]
+    fn failover_order_starts_with_the_chosen_target() {
+        let g = Config::from_json(
+            br#"{"providers": {"a": {"api": "openai", "cluster": "ca", "auth": "none"},
+                               "b": {"api": "openai", "cluster": "cb", "auth": "none"},
+                               "x": {"api": "anthropic", "cluster": "cx", "auth": "none"}},
+                 "tiers": {"t": {"failover": true, "targets": [
+                   {"provider": "a", "model": "m1", "weight": 0},
+                   {"provider": "x", "model": "c"},
+                   {"provider": "b", "model": "m2"}]}}}"#,
+        )
+        .unwrap()
+        .compile()
+        .unwrap();
+        let r = route(&g, Api::Openai, "t", &all(), "r").unwrap();
+        assert_eq!(r.target.model, "m2");
+        let f = r.failover.unwrap();
+        assert_eq!(f.order, vec![2, 0]);
+        assert_eq!(f.cluster, "weir-failover.t.openai.1");
+        let h = failover_header("t", &f.order);
+        assert_eq!(h, "t;2,0");
+        assert_eq!(failover_target(&h, 1), Some(("t", 2)));
+        assert_eq!(failover_target(&h, 2), Some(("t", 0)));
+        assert_eq!(failover_target(&h, 3), Some(("t", 2)));
+        assert_eq!(failover_target("t;", 1), None);
+        assert_eq!(failover_target("garbage", 1), None);
+        // Anthropic clients have a single target: no failover.
+        assert!(route(&g, Api::Anthropic, "t", &all(), "r")
+            .unwrap()
+            .failover
+            .is_none());
+    }
+
+    #[test]
+    fn failover_needs_distinct_clusters() {
+        let e = Config::from_json(
+            br#"{"providers": {"a": {"api": "openai", "cluster": "c", "auth": "none"}},
+                 "tiers": {"t": {"failover": true, "targets": [
+                   {"provider": "a", "model": "m1"}, {"provider": "a", "model": "m2"}]}}}"#,
+        )
+        .unwrap()
+        .compile()
+        .unwrap_err();
+        assert_eq!(e.path, "tiers.t.targets");
     }
 
     #[test]

@@ -4,7 +4,7 @@ audit logs, Envoy logs, rendered configs, key files — for every secret the tes
 Secrets: the demo key, every key issued by `weir keys new` (they all look like
 `wk_live_` + 32 characters), the mock provider credentials, the fake real-provider keys,
 and JWTs. Only the filter bundle (which must carry provider credentials to Envoy) and the
-mock provider's own log are exempt."""
+mock provider's own log are exempt; so is the per-attempt filter's bundle."""
 from __future__ import annotations
 
 import re
@@ -21,7 +21,7 @@ SECRET_PATTERNS = [
     r"sk-ant-test-9a8b7c6d5e4f",
     r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+",
 ]
-EXEMPT = {"weir-filter.json", "mock.log"}
+EXEMPT = {"weir-filter.json", "weir-upstream-filter.json", "mock.log"}
 
 
 def test_no_secret_in_any_output_of_the_run(tmp_path_factory):
@@ -29,7 +29,7 @@ def test_no_secret_in_any_output_of_the_run(tmp_path_factory):
     scanned, leaks = 0, []
     pattern = re.compile("|".join(SECRET_PATTERNS).encode())
     for path in base.rglob("*"):
-        if not path.is_file() or path.name in EXEMPT or path.name.startswith(".weir-filter.json"):
+        if not path.is_file() or path.name in EXEMPT or any(path.name.startswith(f".{e}") for e in EXEMPT):
             continue
         data = path.read_bytes()
         scanned += 1

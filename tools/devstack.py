@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 
@@ -147,6 +148,49 @@ def jwt_filters(jwks: Path) -> str:
                     - allow_missing_or_failed: {{}}"""
 
 
+def failover_clusters(config: dict, upstream_filter: Path) -> list[str]:
+    """For each failover tier, API and first target: an aggregate cluster over the targets'
+    clusters in attempt order (`weir-failover.<tier>.<api>.<first>`, as Weir names them),
+    with Weir's per-attempt upstream filter (through ECDS, like the main filter)."""
+    providers = config.get("providers", {})
+    out = []
+    for tier, spec in sorted(config.get("tiers", {}).items()):
+        if not spec.get("failover"):
+            continue
+        for api in ("openai", "anthropic"):
+            targets = [t for t in spec["targets"] if providers.get(t["provider"], {}).get("api") == api]
+            if len(targets) < 2:
+                continue
+            clusters = [t.get("cluster") or providers[t["provider"]]["cluster"] for t in targets]
+            for first in range(len(targets)):
+                order = [clusters[first]] + [c for i, c in enumerate(clusters) if i != first]
+                name = f"weir-failover.{tier}.{api}.{first}"
+                out.append(f"""  - name: {name}
+    connect_timeout: 5s
+    lb_policy: CLUSTER_PROVIDED
+    cluster_type:
+      name: envoy.clusters.aggregate
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig
+        clusters: [{", ".join(order)}]
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http_protocol_options: {{}} }}
+        http_filters:
+        - name: weir-upstream
+          config_discovery:
+            config_source:
+              path_config_source: {{ path: {upstream_filter} }}
+              resource_api_version: V3
+            type_urls: [type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm]
+        - name: envoy.filters.http.upstream_codec
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec
+""")
+    return out
+
+
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
@@ -171,6 +215,7 @@ class Stack:
         jwks: Path | None = None,
         concurrency: int = 1,
         route_timeout: str = "300s",
+        extra_clusters: dict[str, int] | None = None,
     ):
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="weir-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -186,8 +231,11 @@ class Stack:
         self.jwks = jwks
         self.concurrency = concurrency
         self.route_timeout = route_timeout
+        # More plain-HTTP clusters on loopback ports (e.g. a provider that is down).
+        self.extra_clusters = extra_clusters or {}
         self.audit_log = self.workdir / "audit.jsonl"
         self.filter_config = self.workdir / "weir-filter.json"
+        self.upstream_filter_config = self.workdir / "weir-upstream-filter.json"
         self.envoy_yaml = self.workdir / "envoy.yaml"
         self.envoy_log = self.workdir / "envoy.log"
         self.mock_log = self.workdir / "mock.log"
@@ -208,7 +256,8 @@ class Stack:
     def bundle(self, config: Path | None = None) -> subprocess.CompletedProcess:
         """(Re)writes the filter configuration; Envoy picks up a change by itself."""
         return subprocess.run(
-            [str(WEIR_BIN), "bundle", str(config or self.config), "--wasm", str(WASM), "--out", str(self.filter_config)],
+            [str(WEIR_BIN), "bundle", str(config or self.config), "--wasm", str(WASM), "--out", str(self.filter_config),
+             "--upstream-out", str(self.upstream_filter_config)],
             env=self.bundle_env(),
             capture_output=True,
             text=True,
@@ -222,6 +271,8 @@ class Stack:
             else:
                 port = int(self.mock_addrs[name].rsplit(":", 1)[1]) if self.mock_addrs else 9
                 blocks.append(mock_cluster(name, port))
+        blocks.extend(mock_cluster(name, port) for name, port in self.extra_clusters.items())
+        blocks.extend(failover_clusters(tomllib.loads(self.config.read_text()), self.upstream_filter_config))
         return "".join(blocks)
 
     def render(self) -> Path:

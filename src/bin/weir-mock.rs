@@ -9,7 +9,8 @@
 //! prints one JSON line `{"listening":{"openai":"127.0.0.1:PORT",...}}` once ready.
 //!
 //! Faults, as request headers (they pass through Weir untouched):
-//! `x-mock-status: 429` answer with that status and the provider's error shape;
+//! `x-mock-status: 429` answer with that status and the provider's error shape
+//! (`x-mock-status-on: <listener>`: only on that listener);
 //! `x-mock-delay-ms: N` wait before the response headers;
 //! `x-mock-chunk-delay-ms: N` wait between stream events;
 //! `x-mock-drop-after: N` reset the connection after N stream events (0: before any response);
@@ -157,7 +158,9 @@ async fn handle(
     let delay = header_num(&req, "x-mock-delay-ms");
     let chunk_delay = header_num(&req, "x-mock-chunk-delay-ms").unwrap_or(0);
     let drop_after = header_num(&req, "x-mock-drop-after");
-    let fail_status = header_num(&req, "x-mock-status");
+    // `x-mock-status-on: <listener>` limits the failure to one listener (one "provider").
+    let fail_here = header(&req, "x-mock-status-on").is_none_or(|l| l == listener);
+    let fail_status = header_num(&req, "x-mock-status").filter(|_| fail_here);
     let cached = header_num(&req, "x-mock-cached-tokens").unwrap_or(0);
     let reasoning = header_num(&req, "x-mock-reasoning-tokens").unwrap_or(0);
     let required = state.args.credentials.iter().find_map(|c| {

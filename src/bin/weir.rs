@@ -45,6 +45,10 @@ enum Command {
         /// Name of the filter resource (the HTTP filter's `config_discovery` name).
         #[arg(long, default_value = "weir")]
         name: String,
+        /// Also write the per-attempt upstream filter's resource (`weir-upstream`), for
+        /// failover tiers.
+        #[arg(long)]
+        upstream_out: Option<PathBuf>,
     },
     /// Key tools.
     Keys {
@@ -183,6 +187,7 @@ fn run(cli: Cli) -> Result<(), String> {
             wasm,
             out,
             name,
+            upstream_out,
         } => {
             let resolved = resolve(&config)?;
             resolved
@@ -190,8 +195,12 @@ fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| format!("{}: {e}", config.display()))?;
             let plugin_json = serde_json::to_string(&resolved).map_err(|e| e.to_string())?;
             let wasm = fs::canonicalize(&wasm).map_err(|e| format!("{}: {e}", wasm.display()))?;
-            let resource = ecds_resource(&name, &wasm, &plugin_json);
+            let resource = ecds_resource(&name, "weir", &wasm, &plugin_json);
             write_atomically(&out, resource.as_bytes())?;
+            if let Some(upstream_out) = &upstream_out {
+                let resource = ecds_resource("weir-upstream", "weir-upstream", &wasm, &plugin_json);
+                write_atomically(upstream_out, resource.as_bytes())?;
+            }
             println!("{}: bundle written to {}", config.display(), out.display());
             Ok(())
         }
@@ -657,7 +666,8 @@ fn resolve(path: &Path) -> Result<Config, String> {
 }
 
 /// The ECDS resource: the Wasm HTTP filter with Weir's configuration as its plugin config.
-fn ecds_resource(name: &str, wasm: &Path, plugin_json: &str) -> String {
+/// `root_id` `weir` is the main filter; `weir-upstream` the per-attempt upstream filter.
+fn ecds_resource(name: &str, root_id: &str, wasm: &Path, plugin_json: &str) -> String {
     let value = json!({
         "resources": [{
             "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
@@ -665,10 +675,10 @@ fn ecds_resource(name: &str, wasm: &Path, plugin_json: &str) -> String {
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
                 "config": {
-                    "name": "weir",
-                    "root_id": "weir",
+                    "name": root_id,
+                    "root_id": root_id,
                     "vm_config": {
-                        "vm_id": "weir",
+                        "vm_id": root_id,
                         "runtime": "envoy.wasm.runtime.v8",
                         "code": {"local": {"filename": wasm.to_string_lossy()}}
                     },

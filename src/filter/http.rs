@@ -22,7 +22,9 @@ use crate::metrics::name as metric;
 use crate::models;
 use crate::policy::{build_input, CallerInput, Decision, InputParts, ParamsInput};
 use crate::providers::{openai, ResponseMeter};
-use crate::routing::{printable, route};
+use crate::routing::{
+    failover_header, failover_target, printable, route, Failover, FAILOVER_HEADER,
+};
 use crate::scopes::Scopes;
 
 /// Headers never shown to policies.
@@ -37,6 +39,7 @@ const SECRET_HEADERS: [&str; 4] = [
 struct Plan {
     /// `None` for a concrete model.
     tier: Option<String>,
+    failover: Option<Failover>,
     target: Target,
     provider: String,
     max_tokens: Option<u64>,
@@ -44,6 +47,9 @@ struct Plan {
 
 /// Client headers that carry the client's own credential: never forwarded.
 const CLIENT_CREDENTIAL_HEADERS: [&str; 2] = ["authorization", "x-api-key"];
+/// Headers only Weir sets (the cluster header is removed separately): never from a client.
+const INTERNAL_HEADERS: [&str; 1] = [FAILOVER_HEADER];
+
 /// Weir's request-id directive and response header.
 const REQUEST_ID_HEADER: &str = "x-weir-request-id";
 const RUN_ID_HEADER: &str = "x-weir-run-id";
@@ -367,7 +373,7 @@ impl WeirHttp {
             host::remove_header(REQUEST_HEADERS, &config.payload_header)
                 .map_err(|s| self.internal("removing the token payload", s))?;
         }
-        for name in DIRECTIVE_HEADERS {
+        for name in DIRECTIVE_HEADERS.iter().chain(INTERNAL_HEADERS.iter()) {
             host::remove_header(REQUEST_HEADERS, name)
                 .map_err(|s| self.internal("removing a directive header", s))?;
         }
@@ -514,12 +520,25 @@ impl WeirHttp {
         host::set_buffer(REQUEST_BODY, 0, body_size, &new_body)
             .map_err(|s| self.internal("replacing the request body", s))?;
 
-        host::set_header(
-            REQUEST_HEADERS,
-            &gateway.settings.cluster_header,
-            &plan.target.cluster,
-        )
-        .map_err(|s| self.internal("setting the cluster header", s))?;
+        // A failover tier goes to its failover cluster, which tries the targets in order.
+        let cluster = plan
+            .failover
+            .as_ref()
+            .map_or(&plan.target.cluster, |f| &f.cluster);
+        host::set_header(REQUEST_HEADERS, &gateway.settings.cluster_header, cluster)
+            .map_err(|s| self.internal("setting the cluster header", s))?;
+        if let (Some(f), Some(tier)) = (&plan.failover, &plan.tier) {
+            host::set_header(
+                REQUEST_HEADERS,
+                FAILOVER_HEADER,
+                &failover_header(tier, &f.order),
+            )
+            .map_err(|s| self.internal("setting the failover order", s))?;
+            // One retry per remaining target (clients' x-envoy-* headers were removed).
+            let retries = (f.order.len() - 1).to_string();
+            host::set_header(REQUEST_HEADERS, "x-envoy-max-retries", &retries)
+                .map_err(|s| self.internal("setting the retry count", s))?;
+        }
         if let Some((name, value)) = &provider.credential_header {
             host::set_header(REQUEST_HEADERS, name, &value.0)
                 .map_err(|s| self.internal("setting the provider credential", s))?;
@@ -638,6 +657,7 @@ impl WeirHttp {
         let route = route(gateway, self.api, &model, scopes, &self.record.request_id)?;
         Ok(Plan {
             tier: route.tier.map(str::to_string),
+            failover: route.failover,
             target: route.target,
             provider: route.provider.name.clone(),
             max_tokens,
@@ -1090,6 +1110,22 @@ impl HttpContext for WeirHttp {
             }
         }
         self.meter = Some(meter);
+        // On a failover tier, the per-attempt filter says which target answered.
+        if let Some(answer) = host::header_str(RESPONSE_HEADERS, super::upstream::TARGET_HEADER) {
+            let _ = host::remove_header(RESPONSE_HEADERS, super::upstream::TARGET_HEADER);
+            if let Some(gateway) = self.gateway.clone() {
+                let served = failover_target(&answer, 1)
+                    .and_then(|(tier, i)| gateway.tiers.get(tier)?.targets.get(i).cloned());
+                if let Some(target) = served {
+                    if let Some(provider) = gateway.providers.get(target.provider) {
+                        self.record.provider = Some(provider.name.clone());
+                    }
+                    self.record.served_model = Some(target.model.clone());
+                    self.record.cluster = Some(target.cluster.clone());
+                    self.target_model = Some(target.model);
+                }
+            }
+        }
         // Envoy reports retries in this header (virtual host `include_attempt_count_in_response`).
         if let Some(n) =
             host::header_str(RESPONSE_HEADERS, "x-envoy-attempt-count").and_then(|n| n.parse().ok())

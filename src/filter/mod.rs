@@ -4,3 +4,4 @@ pub mod host;
 pub mod http;
 pub mod metrics;
 pub mod root;
+pub mod upstream;

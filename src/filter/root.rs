@@ -13,12 +13,16 @@ use crate::config::{Config, Gateway};
 #[derive(Default)]
 pub struct WeirRoot {
     gateway: Option<Rc<Gateway>>,
+    /// Configured with root id `weir-upstream`: the per-attempt upstream filter.
+    upstream: bool,
 }
 
 impl Context for WeirRoot {}
 
 impl RootContext for WeirRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
+        self.upstream =
+            host::property(&["plugin_root_id"]).is_some_and(|id| id == b"weir-upstream");
         let bytes = host::buffer(host::PLUGIN_CONFIGURATION, 0, usize::MAX).unwrap_or_default();
         match Config::from_json(&bytes).and_then(|c| c.compile()) {
             Ok(gateway) => {
@@ -40,6 +44,11 @@ impl RootContext for WeirRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        if self.upstream {
+            return Some(Box::new(super::upstream::WeirUpstream::new(
+                self.gateway.clone(),
+            )));
+        }
         // Always a context: without a configuration it fails closed on every request.
         Some(Box::new(WeirHttp::new(self.gateway.clone())))
     }
