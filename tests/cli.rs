@@ -207,3 +207,101 @@ fn revoke_and_list_json() {
     assert_eq!(v["state"], "revoked");
     assert!(v.get("hash").is_none());
 }
+
+#[test]
+fn bundle_reads_credentials_from_env_or_file_in_each_providers_style() {
+    let dir = std::env::temp_dir().join(format!("weir-cli-{}-creds", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret_file = dir.join("azure.key");
+    std::fs::write(&secret_file, "azure-secret-from-file\n").unwrap();
+    let config = dir.join("weir.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[providers.azure]
+api = "openai"
+cluster = "azure"
+auth = "api-key"
+credential_file = "{}"
+
+[providers.anthropic]
+api = "anthropic"
+cluster = "anthropic"
+auth = "x-api-key"
+credential_env = "WEIR_TEST_ANTHROPIC_KEY"
+
+[providers.vllm]
+api = "openai"
+cluster = "vllm"
+auth = "none"
+
+[tiers.t]
+targets = [{{ provider = "azure", model = "gpt-4o" }}, {{ provider = "anthropic", model = "claude" }}, {{ provider = "vllm", model = "llama" }}]
+"#,
+            secret_file.display()
+        ),
+    )
+    .unwrap();
+    let wasm = dir.join("weir.wasm");
+    std::fs::write(&wasm, b"\0asm").unwrap();
+    let out = dir.join("bundle.json");
+    let run = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "bundle",
+            config.to_str().unwrap(),
+            "--wasm",
+            wasm.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .env("WEIR_TEST_ANTHROPIC_KEY", "anthropic-secret-from-env")
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    let resource: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let plugin = resource["resources"][0]["typed_config"]["config"]["configuration"]["value"]
+        .as_str()
+        .unwrap();
+    let gateway = Config::from_json(plugin.as_bytes())
+        .unwrap()
+        .compile()
+        .unwrap();
+    let header = |name: &str| {
+        let p = gateway.providers.iter().find(|p| p.name == name).unwrap();
+        p.credential_header
+            .as_ref()
+            .map(|(h, v)| (h.to_string(), v.0.clone()))
+    };
+    assert_eq!(
+        header("azure"),
+        Some(("api-key".into(), "azure-secret-from-file".into()))
+    );
+    assert_eq!(
+        header("anthropic"),
+        Some(("x-api-key".into(), "anthropic-secret-from-env".into()))
+    );
+    assert_eq!(header("vllm"), None);
+    // The secrets are in the bundle (Envoy needs them), which only its owner may read.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    // A missing file is a clear error.
+    std::fs::remove_file(&secret_file).unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["check", config.to_str().unwrap()])
+        .env("WEIR_TEST_ANTHROPIC_KEY", "x")
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&run).contains("providers.azure.credential_file"),
+        "{}",
+        stderr(&run)
+    );
+}
