@@ -77,6 +77,8 @@ pub struct AuditRecord {
     pub usage: Option<Usage>,
     /// What the request cost, when usage and a price were known.
     pub cost: Option<CostRecord>,
+    /// The limit counters could not be used and `fail_mode = "open"` let the request through.
+    pub limits_unavailable: bool,
     /// `priced`, `unpriced` (no price for the model: flagged, never silently zero),
     /// `no_usage` (forwarded but the provider reported no usage), or null (not forwarded).
     pub cost_status: Option<&'static str>,
@@ -126,7 +128,7 @@ mod tests {
         assert_eq!(v["outcome"], "client_aborted");
         assert_eq!(v["usage"]["prompt_tokens"], 1);
         assert!(v.get("key_id").unwrap().is_null());
-        assert_eq!(v.as_object().unwrap().len(), 36);
+        assert_eq!(v.as_object().unwrap().len(), 37);
     }
 
     #[test]

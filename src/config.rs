@@ -34,6 +34,9 @@ pub struct Config {
     pub jwt: Option<JwtConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyConfig>,
+    /// Rate limits, budgets, run limits and idempotency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<crate::limits::LimitsConfig>,
 }
 
 /// Rego policies. Operators set `dir` and `default`; `weir bundle` reads the directory and
@@ -342,6 +345,7 @@ pub struct Gateway {
     pub prices: HashMap<String, ModelPrice>,
     /// Compiled once per VM; evaluation needs `&mut` (the engine keeps its input).
     pub policies: Option<std::cell::RefCell<crate::policy::PolicySet>>,
+    pub limits: Option<crate::limits::LimitsConfig>,
 }
 
 impl Gateway {
@@ -553,6 +557,13 @@ impl Config {
         }
 
         let keys = compile_keys(&self.keys)?;
+        if let Some(l) = &self.limits {
+            for id in l.keys.keys() {
+                if !self.keys.iter().any(|k| &k.id == id) {
+                    return Err(err(format!("limits.keys.{id}"), "no key has this id"));
+                }
+            }
+        }
         if let Some(jwt) = &self.jwt {
             check_name("jwt.payload_header", &jwt.payload_header)?;
             if jwt.payload_header.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -573,6 +584,7 @@ impl Config {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             policies: self.compile_policies()?.map(std::cell::RefCell::new),
+            limits: self.limits.clone(),
         })
     }
 

@@ -18,6 +18,8 @@ pub enum ErrorKind {
     EndpointNotFound,
     /// 405: the endpoint exists, the method does not.
     MethodNotAllowed,
+    /// 409: a closed run, a repeated request id.
+    Conflict,
     /// 413: body over the configured limit.
     PayloadTooLarge,
     /// 415: a body that says it is not JSON.
@@ -26,6 +28,8 @@ pub enum ErrorKind {
     RateLimited,
     /// 500: Weir itself failed; the request is not forwarded.
     Internal,
+    /// 503: a store Weir needs (the limit counters) is unavailable and Weir fails closed.
+    Unavailable,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,9 +73,11 @@ impl GatewayError {
             ErrorKind::RateLimited => 429,
             ErrorKind::ModelNotFound | ErrorKind::EndpointNotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
+            ErrorKind::Conflict => 409,
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::UnsupportedMediaType => 415,
             ErrorKind::Internal => 500,
+            ErrorKind::Unavailable => 503,
         }
     }
 
@@ -92,6 +98,8 @@ impl GatewayError {
             ErrorKind::PayloadTooLarge => "request_too_large",
             ErrorKind::UnsupportedMediaType => "unsupported_media_type",
             ErrorKind::Internal => "internal_error",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Unavailable => "unavailable",
         }
     }
 
@@ -100,7 +108,7 @@ impl GatewayError {
         let value = match api {
             Api::Openai => {
                 let error_type = match self.kind {
-                    ErrorKind::Internal => "server_error",
+                    ErrorKind::Internal | ErrorKind::Unavailable => "server_error",
                     ErrorKind::Forbidden => "permission_error",
                     ErrorKind::RateLimited => "rate_limit_error",
                     ErrorKind::PaymentRequired => "insufficient_quota",
@@ -126,6 +134,8 @@ impl GatewayError {
                     ErrorKind::ModelNotFound | ErrorKind::EndpointNotFound => "not_found_error",
                     ErrorKind::PayloadTooLarge => "request_too_large",
                     ErrorKind::Internal => "api_error",
+                    ErrorKind::Unavailable => "overloaded_error",
+                    ErrorKind::Conflict => "invalid_request_error",
                 };
                 serde_json::json!({
                     "type": "error",

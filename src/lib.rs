@@ -11,6 +11,7 @@ pub mod endpoint;
 pub mod errors;
 pub mod jwt;
 pub mod keys;
+pub mod limits;
 pub mod metrics;
 pub mod models;
 pub mod policy;

@@ -364,6 +364,8 @@ pub struct InputParts<'a> {
     /// Only for policies with `needs_messages`.
     pub messages: Option<Vec<(String, String)>>,
     pub now_unix: u64,
+    /// Current usage against the configured limits (see `limits::usage_snapshot`).
+    pub usage: Option<serde_json::Value>,
 }
 
 /// Builds the input document.
@@ -385,6 +387,9 @@ pub fn build_input(p: &InputParts<'_>) -> serde_json::Value {
         "params": p.params,
         "time": time_parts(p.now_unix),
     });
+    if let Some(usage) = &p.usage {
+        input["usage"] = usage.clone();
+    }
     if let Some(messages) = &p.messages {
         input["messages"] = messages
             .iter()

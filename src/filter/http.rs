@@ -9,6 +9,7 @@ use proxy_wasm::types::Action;
 
 use super::host::{self, REQUEST_BODY, REQUEST_HEADERS, RESPONSE_BODY, RESPONSE_HEADERS};
 use super::metrics;
+use super::store::SharedData;
 use crate::audit::{millis, AuditRecord, CostRecord, Outcome};
 use crate::body::{json_string, parse_llm_request, remove_member, splice, Edit, LlmRequest};
 use crate::config::Target;
@@ -18,6 +19,10 @@ use crate::endpoint::{error_api, is_json_content_type, strip_credential_params, 
 use crate::errors::{ErrorKind, GatewayError};
 use crate::jwt::{self, JwtIdentity};
 use crate::keys::{presented_key, PresentedKey};
+use crate::limits::{
+    admit, first_use, run_call, run_usage, settle, subjects as limit_subjects, usage_snapshot,
+    Admission, Estimate, FailMode, Headroom, LimitsConfig, Refusal,
+};
 use crate::metrics::name as metric;
 use crate::models;
 use crate::policy::{build_input, CallerInput, Decision, InputParts, ParamsInput};
@@ -26,6 +31,7 @@ use crate::routing::{
     failover_header, failover_target, printable, route, Failover, FAILOVER_HEADER,
 };
 use crate::scopes::Scopes;
+use crate::usage::Usage;
 
 /// Headers never shown to policies.
 const SECRET_HEADERS: [&str; 4] = [
@@ -54,7 +60,15 @@ const INTERNAL_HEADERS: [&str; 1] = [FAILOVER_HEADER];
 const REQUEST_ID_HEADER: &str = "x-weir-request-id";
 const RUN_ID_HEADER: &str = "x-weir-run-id";
 /// Directive headers: read by Weir, never forwarded.
-const DIRECTIVE_HEADERS: [&str; 4] = ["x-weir-user", RUN_ID_HEADER, "x-weir-tags", "x-weir-policy"];
+const DIRECTIVE_HEADERS: [&str; 5] = [
+    "x-weir-user",
+    RUN_ID_HEADER,
+    "x-weir-tags",
+    "x-weir-policy",
+    NEW_RUN_HEADER,
+];
+/// `x-weir-new-run: true` starts the named run afresh.
+const NEW_RUN_HEADER: &str = "x-weir-new-run";
 /// A copy of a buffered response larger than this is not kept for accounting.
 const MAX_METERED_JSON: usize = 16 * 1024 * 1024;
 
@@ -104,6 +118,14 @@ pub struct WeirHttp {
     settled: bool,
     /// The decision given by the advice endpoint.
     advised: Option<&'static str>,
+    /// The client chose the request id (idempotency applies).
+    client_request_id: bool,
+    new_run: bool,
+    /// Reservations to settle when the response ends.
+    admission: Option<Admission>,
+    /// For the `x-ratelimit-*` headers.
+    headroom: (Option<Headroom>, Option<Headroom>),
+    run_counted: bool,
 }
 
 impl WeirHttp {
@@ -123,6 +145,11 @@ impl WeirHttp {
             inject_metadata: false,
             settled: false,
             advised: None,
+            client_request_id: false,
+            new_run: false,
+            admission: None,
+            headroom: (None, None),
+            run_counted: false,
         }
     }
 
@@ -149,6 +176,8 @@ impl WeirHttp {
         if let Some(seconds) = &retry_after {
             headers.push(("retry-after", seconds.as_str()));
         }
+        let limits = self.ratelimit_headers();
+        headers.extend(limits.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         if let Err(status_code) = host::send_local_response(status, &headers, &body, &details) {
             log::error!("weir: local reply failed with status {status_code}");
         }
@@ -308,7 +337,10 @@ impl WeirHttp {
 
         self.record.request_id = match host::header(REQUEST_HEADERS, REQUEST_ID_HEADER) {
             Some(id) => match valid_request_id(&id) {
-                Some(id) => id,
+                Some(id) => {
+                    self.client_request_id = true;
+                    id
+                }
                 None => {
                     self.record.request_id = envoy_request_id();
                     return Err(self.reject(GatewayError::new(
@@ -321,6 +353,8 @@ impl WeirHttp {
             None => envoy_request_id(),
         };
         self.header_directives()?;
+        self.new_run = host::header(REQUEST_HEADERS, NEW_RUN_HEADER)
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"true"));
 
         let passthrough =
             gateway.settings.passthrough_provider.is_some() && path.starts_with("/v1/");
@@ -456,7 +490,10 @@ impl WeirHttp {
             if let Some(id) = &from_body.request_id {
                 if host::header(REQUEST_HEADERS, REQUEST_ID_HEADER).is_none() {
                     match valid_request_id(id.as_bytes()) {
-                        Some(id) => self.record.request_id = id,
+                        Some(id) => {
+                            self.record.request_id = id;
+                            self.client_request_id = true;
+                        }
                         None => {
                             return Err(self.reject(
                                 GatewayError::new(
@@ -495,6 +532,9 @@ impl WeirHttp {
         let Some(provider) = gateway.providers.get(plan.target.provider) else {
             return Err(self.internal("finding the provider", 0));
         };
+        if let Some(limits) = &gateway.limits {
+            self.apply_limits(&gateway, limits, &request, &plan)?;
+        }
 
         let (mut edits, usage_added) = match self.api {
             Api::Openai => {
@@ -565,6 +605,163 @@ impl WeirHttp {
         self.record.usage_requested_by_weir = usage_added;
         self.phase = Phase::Forwarded;
         Ok(Action::Continue)
+    }
+
+    /// Idempotency, run limits, rate limits and budgets, in that order. Reservations are
+    /// settled in the log phase.
+    fn apply_limits(
+        &mut self,
+        gateway: &Gateway,
+        limits: &LimitsConfig,
+        request: &LlmRequest<'_>,
+        plan: &Plan,
+    ) -> Result<(), Action> {
+        let store = SharedData;
+        let now = host::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let key_id = self.record.key_id.clone().unwrap_or_default();
+        let unavailable = |this: &mut Self| -> Result<(), Action> {
+            match limits.fail_mode {
+                FailMode::Closed => Err(this.reject(
+                    GatewayError::new(
+                        ErrorKind::Unavailable,
+                        "Weir cannot check the limits right now; the request was not forwarded.",
+                    )
+                    .with_code("limits_unavailable"),
+                )),
+                FailMode::Open => {
+                    this.record.limits_unavailable = true;
+                    Ok(())
+                }
+            }
+        };
+
+        if self.client_request_id && limits.idempotency_window_seconds > 0 {
+            match first_use(
+                &store,
+                &key_id,
+                &self.record.request_id,
+                now,
+                limits.idempotency_window_seconds,
+            ) {
+                Ok(Ok(())) => {}
+                Ok(Err(first)) => {
+                    let at = humantime::format_rfc3339_seconds(
+                        SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(first),
+                    );
+                    return Err(self.reject(
+                        GatewayError::new(
+                            ErrorKind::Conflict,
+                            format!(
+                                "The request id `{}` was already used by this key at {at}; this repeat was not forwarded.",
+                                self.record.request_id
+                            ),
+                        )
+                        .with_code("duplicate_request"),
+                    ));
+                }
+                Err(_) => unavailable(self)?,
+            }
+        }
+
+        if let (Some(run_limits), Some(run_id)) = (&limits.per_run, self.directives.run_id.clone())
+        {
+            match run_call(&store, &key_id, &run_id, run_limits, self.new_run) {
+                Ok(Ok(_)) => self.run_counted = true,
+                Ok(Err(state)) => {
+                    return Err(self.reject(
+                        GatewayError::new(
+                            ErrorKind::Conflict,
+                            format!(
+                                "The run `{run_id}` is closed: it reached its limits ({} calls, {} tokens). \
+                                 Start a new run with `x-weir-new-run: true` or another run id.",
+                                state.calls, state.tokens
+                            ),
+                        )
+                        .with_code("run_closed"),
+                    ))
+                }
+                Err(_) => unavailable(self)?,
+            }
+        }
+
+        let team = self.record.team.clone().unwrap_or_default();
+        let subjects = limit_subjects(limits, &key_id, &team, self.directives.user.as_deref());
+        if subjects.is_empty() {
+            return Ok(());
+        }
+        // The worst case: the prompt (about 3 characters a token, plus per-message overhead)
+        // and every output token the request may ask for.
+        let essentials = request.essentials(false);
+        let prompt = (essentials.input_chars / 3 + 4 * essentials.message_count + 16) as u64;
+        let output = plan
+            .max_tokens
+            .or(essentials.max_tokens)
+            .unwrap_or(limits.default_max_tokens);
+        let usage = Usage {
+            prompt_tokens: prompt,
+            completion_tokens: output,
+            total_tokens: prompt + output,
+            ..Default::default()
+        };
+        let spend_micros = gateway
+            .price(None, Some(&plan.target.model))
+            .map(|(_, price)| price.cost(&usage).picos.div_ceil(1_000_000) as u64)
+            .unwrap_or(0);
+        let estimate = Estimate {
+            tokens: prompt + output,
+            spend_micros,
+        };
+        match admit(&store, &subjects, now, estimate) {
+            Ok(admission) => {
+                self.headroom = (admission.requests, admission.tokens);
+                self.admission = Some(admission);
+                Ok(())
+            }
+            Err(Refusal::RateLimited {
+                what,
+                retry_after,
+                requests,
+                tokens,
+            }) => {
+                self.headroom = (requests, tokens);
+                let mut error = GatewayError::new(
+                    ErrorKind::RateLimited,
+                    format!("Rate limit reached: {what}. Try again in {retry_after} s."),
+                );
+                error.retry_after = Some(retry_after);
+                Err(self.reject(error))
+            }
+            Err(Refusal::Budget { what }) => Err(self.reject(
+                GatewayError::new(
+                    ErrorKind::PaymentRequired,
+                    format!("This request would exceed {what}."),
+                )
+                .with_code("budget_exhausted"),
+            )),
+            Err(Refusal::Unavailable) => unavailable(self),
+        }
+    }
+
+    /// `x-ratelimit-*` headers (OpenAI's names) for the tightest request and token limits.
+    fn ratelimit_headers(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (kind, room) in [("requests", self.headroom.0), ("tokens", self.headroom.1)] {
+            if let Some(r) = room {
+                out.push((format!("x-ratelimit-limit-{kind}"), r.limit.to_string()));
+                out.push((
+                    format!("x-ratelimit-remaining-{kind}"),
+                    r.remaining.to_string(),
+                ));
+                out.push((
+                    format!("x-ratelimit-reset-{kind}"),
+                    format!("{}s", r.reset_seconds),
+                ));
+            }
+        }
+        out
     }
 
     /// Other `/v1/` paths, when configured: authenticated and audited, sent as they are to
@@ -762,6 +959,17 @@ impl WeirHttp {
         let locale = host::header_str(REQUEST_HEADERS, "accept-language")
             .and_then(|l| l.split([',', ';']).next().map(|l| l.trim().to_string()));
         let now = host::now();
+        let now_unix = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        // Policies see the caller's usage against its limits (read, not reserved).
+        let usage_now = gateway.limits.as_ref().map(|limits| {
+            let key_id = self.record.key_id.clone().unwrap_or_default();
+            let team = self.record.team.clone().unwrap_or_default();
+            let subjects = limit_subjects(limits, &key_id, &team, self.directives.user.as_deref());
+            usage_snapshot(&SharedData, &subjects, now_unix)
+        });
         let run_id = self.run_id().to_string();
         let input = build_input(&InputParts {
             request_id: &self.record.request_id,
@@ -787,10 +995,8 @@ impl WeirHttp {
                 tools: essentials.tools,
             },
             messages: essentials.messages,
-            now_unix: now
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            now_unix,
+            usage: usage_now,
         });
         let result = policies.borrow_mut().evaluate(name, &input);
         let micros = host::now()
@@ -846,6 +1052,39 @@ impl WeirHttp {
             }
         };
         self.answer(&serde_json::to_vec(&body).unwrap_or_default())
+    }
+
+    /// Replaces the limit reservations with the real usage and adds it to the run.
+    fn settle_limits(&mut self) {
+        let tokens = self.record.usage.map(|u| u.total_tokens).unwrap_or(0);
+        let spend = self
+            .record
+            .cost
+            .as_ref()
+            .map(|c| c.picos.div_ceil(1_000_000) as u64)
+            .unwrap_or(0);
+        let store = SharedData;
+        if let Some(admission) = self.admission.take() {
+            if settle(&store, &admission, tokens, spend).is_err() {
+                log::warn!("weir: could not settle the limit reservations");
+            }
+        }
+        if self.run_counted {
+            let limits = self
+                .gateway
+                .as_ref()
+                .and_then(|g| g.limits.as_ref())
+                .and_then(|l| l.per_run.clone());
+            if let (Some(limits), Some(key), Some(run)) = (
+                limits,
+                self.record.key_id.clone(),
+                self.directives.run_id.clone(),
+            ) {
+                if run_usage(&store, &key, &run, &limits, tokens, spend).is_err() {
+                    log::warn!("weir: could not add the usage to run {run}");
+                }
+            }
+        }
     }
 
     /// Takes usage from the meter and prices it (once).
@@ -914,6 +1153,7 @@ impl WeirHttp {
             .and_then(|d| String::from_utf8(d).ok())
             .filter(|d| !d.is_empty());
         self.settle();
+        self.settle_limits();
         self.record.run_id = self.run_id().to_string();
         if self.phase == Phase::Forwarded && self.record.attempts == 0 {
             self.record.attempts = 1;
@@ -1110,6 +1350,9 @@ impl HttpContext for WeirHttp {
             }
         }
         self.meter = Some(meter);
+        for (name, value) in self.ratelimit_headers() {
+            let _ = host::set_header(RESPONSE_HEADERS, &name, &value);
+        }
         // On a failover tier, the per-attempt filter says which target answered.
         if let Some(answer) = host::header_str(RESPONSE_HEADERS, super::upstream::TARGET_HEADER) {
             let _ = host::remove_header(RESPONSE_HEADERS, super::upstream::TARGET_HEADER);

@@ -4,4 +4,5 @@ pub mod host;
 pub mod http;
 pub mod metrics;
 pub mod root;
+pub mod store;
 pub mod upstream;

@@ -1,0 +1,934 @@
+//! Rate limits, budgets, runs and idempotency over a small counter store: proxy-wasm shared
+//! data in Envoy (shared by every worker, compare-and-swap), an in-memory map in tests.
+//!
+//! A counter is one store key holding `(window start, value)`: when the window rolls over
+//! the value starts again from zero, so memory does not grow with time. Requests are
+//! counted when they arrive; tokens and spend are *reserved* (the worst case: the prompt
+//! estimate plus `max_tokens`, priced) before forwarding and *settled* with the real usage
+//! when the response ends. Concurrent requests therefore cannot take a budget past its
+//! limit except by what they use beyond their reservations (see the README).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cost::Price;
+
+/// Why the store could not be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreError {
+    /// Someone else wrote since we read: read again.
+    Conflict,
+    /// The store cannot be read or written.
+    Unavailable,
+}
+
+/// Shared data with compare-and-swap.
+pub trait Store {
+    fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError>;
+    /// Writes only if the value's CAS is still `cas` (`None`: unconditionally).
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError>;
+}
+
+const RETRIES: usize = 64;
+
+fn decode(value: Option<Vec<u8>>) -> (u64, u64) {
+    match value {
+        Some(v) if v.len() == 16 => {
+            let mut a = [0u8; 8];
+            let mut b = [0u8; 8];
+            a.copy_from_slice(&v[..8]);
+            b.copy_from_slice(&v[8..]);
+            (u64::from_le_bytes(a), u64::from_le_bytes(b))
+        }
+        _ => (0, 0),
+    }
+}
+
+fn encode(window: u64, value: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&window.to_le_bytes());
+    out[8..].copy_from_slice(&value.to_le_bytes());
+    out
+}
+
+/// The value of counter `key` in `window` (0 if the stored one is older).
+pub fn read(store: &dyn Store, key: &str, window: u64) -> Result<u64, StoreError> {
+    let (value, _) = store.get(key)?;
+    let (stored_window, n) = decode(value);
+    Ok(if stored_window == window { n } else { 0 })
+}
+
+/// Adds `amount` to counter `key` in `window` if the result stays within `limit`.
+/// `Ok(Ok(new))` when added, `Ok(Err(current))` when it would exceed the limit.
+pub fn reserve(
+    store: &dyn Store,
+    key: &str,
+    window: u64,
+    amount: u64,
+    limit: u64,
+) -> Result<Result<u64, u64>, StoreError> {
+    for _ in 0..RETRIES {
+        let (value, cas) = store.get(key)?;
+        let (stored_window, n) = decode(value);
+        let current = if stored_window == window { n } else { 0 };
+        let Some(new) = current.checked_add(amount).filter(|n| *n <= limit) else {
+            return Ok(Err(current));
+        };
+        match store.set(key, &encode(window, new), cas) {
+            Ok(()) => return Ok(Ok(new)),
+            Err(StoreError::Conflict) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Unavailable)
+}
+
+/// Adds `delta` (may be negative; the value never goes below zero) to counter `key` in
+/// `window`. A counter already in a later window is left alone.
+pub fn adjust(store: &dyn Store, key: &str, window: u64, delta: i64) -> Result<(), StoreError> {
+    for _ in 0..RETRIES {
+        let (value, cas) = store.get(key)?;
+        let (stored_window, n) = decode(value);
+        if stored_window > window {
+            return Ok(());
+        }
+        let current = if stored_window == window { n } else { 0 };
+        let new = if delta >= 0 {
+            current.saturating_add(delta as u64)
+        } else {
+            current.saturating_sub(delta.unsigned_abs())
+        };
+        match store.set(key, &encode(window, new), cas) {
+            Ok(()) => return Ok(()),
+            Err(StoreError::Conflict) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Unavailable)
+}
+
+/// Calendar windows in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    Minute,
+    Hour,
+    Day,
+    Month,
+}
+
+impl Window {
+    pub fn name(self) -> &'static str {
+        match self {
+            Window::Minute => "minute",
+            Window::Hour => "hour",
+            Window::Day => "day",
+            Window::Month => "month",
+        }
+    }
+
+    /// (start, end) of the window holding `now` (Unix seconds).
+    pub fn bounds(self, now: u64) -> (u64, u64) {
+        let span = |s: u64| (now - now % s, now - now % s + s);
+        match self {
+            Window::Minute => span(60),
+            Window::Hour => span(3600),
+            Window::Day => span(86_400),
+            Window::Month => {
+                let (y, m, _) = civil_from_days((now / 86_400) as i64);
+                let start = days_from_civil(y, m, 1) as u64 * 86_400;
+                let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+                (start, days_from_civil(ny, nm, 1) as u64 * 86_400)
+            }
+        }
+    }
+}
+
+// Howard Hinnant's civil-date algorithms (public domain).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = i64::from((m + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Limits of one subject (a key, a team, a user). Every field is optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSet {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_hour: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_day: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_day: Option<u64>,
+    /// In the price table's currency (decimals, e.g. "25.00").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spend_per_day: Option<Price>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spend_per_month: Option<Price>,
+}
+
+/// Limits of one run (`x-weir-run-id`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calls: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spend: Option<Price>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// The counter store cannot be used: refuse (503).
+    #[default]
+    Closed,
+    /// The counter store cannot be used: let the request through, and say so in the audit.
+    Open,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Every key, unless `keys.<id>` replaces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_key: Option<LimitSet>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub keys: BTreeMap<String, LimitSet>,
+    /// Each team as a whole.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub teams: BTreeMap<String, LimitSet>,
+    /// Each end user (`x-weir-user`), per key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_user: Option<LimitSet>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_run: Option<RunLimits>,
+    #[serde(default)]
+    pub fail_mode: FailMode,
+    /// A repeated `x-weir-request-id` from the same key within this many seconds is refused
+    /// (409); 0 turns it off.
+    #[serde(default = "default_idempotency_window")]
+    pub idempotency_window_seconds: u64,
+    /// `max_tokens` assumed for the reservation when a request sets none.
+    #[serde(default = "default_reserve_tokens")]
+    pub default_max_tokens: u64,
+}
+
+fn default_idempotency_window() -> u64 {
+    600
+}
+fn default_reserve_tokens() -> u64 {
+    4096
+}
+
+/// A subject limits apply to: `(scope, id, limits)`.
+pub struct Subject<'a> {
+    pub scope: &'static str,
+    pub id: String,
+    pub limits: &'a LimitSet,
+}
+
+/// The subjects a request counts against: its key (or the key's override), its team, and
+/// its end user (per key).
+pub fn subjects<'a>(
+    config: &'a LimitsConfig,
+    key_id: &str,
+    team: &str,
+    user: Option<&str>,
+) -> Vec<Subject<'a>> {
+    let mut out = Vec::new();
+    if let Some(l) = config.keys.get(key_id).or(config.per_key.as_ref()) {
+        out.push(Subject {
+            scope: "key",
+            id: key_id.to_string(),
+            limits: l,
+        });
+    }
+    if let Some(l) = config.teams.get(team) {
+        out.push(Subject {
+            scope: "team",
+            id: team.to_string(),
+            limits: l,
+        });
+    }
+    if let (Some(l), Some(user)) = (&config.per_user, user) {
+        out.push(Subject {
+            scope: "user",
+            id: format!("{key_id}/{user}"),
+            limits: l,
+        });
+    }
+    out
+}
+
+/// Current usage against every configured limit, for the policy input:
+/// `{"key": {"requests_per_minute": {"used": 3, "limit": 20, "reset_seconds": 40}, ...}, "team": ...}`.
+pub fn usage_snapshot(store: &dyn Store, subjects: &[Subject<'_>], now: u64) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for s in subjects {
+        let l = s.limits;
+        let mut this = serde_json::Map::new();
+        for (name, kind, window, limit) in [
+            (
+                "requests_per_minute",
+                "requests",
+                Window::Minute,
+                l.requests_per_minute,
+            ),
+            (
+                "requests_per_hour",
+                "requests",
+                Window::Hour,
+                l.requests_per_hour,
+            ),
+            (
+                "requests_per_day",
+                "requests",
+                Window::Day,
+                l.requests_per_day,
+            ),
+            (
+                "tokens_per_minute",
+                "tokens",
+                Window::Minute,
+                l.tokens_per_minute,
+            ),
+            ("tokens_per_day", "tokens", Window::Day, l.tokens_per_day),
+            (
+                "spend_per_day",
+                "spend",
+                Window::Day,
+                l.spend_per_day.map(|p| p.0),
+            ),
+            (
+                "spend_per_month",
+                "spend",
+                Window::Month,
+                l.spend_per_month.map(|p| p.0),
+            ),
+        ] {
+            let Some(limit) = limit else { continue };
+            let (start, end) = window.bounds(now);
+            let key = format!("weir:{}:{}:{}:{}", s.scope, s.id, kind, window.name());
+            let used = read(store, &key, start).ok();
+            this.insert(
+                name.to_string(),
+                serde_json::json!({"used": used, "limit": limit, "reset_seconds": end - now}),
+            );
+        }
+        out.insert(s.scope.to_string(), serde_json::Value::Object(this));
+    }
+    serde_json::Value::Object(out)
+}
+
+/// What a request is expected to cost at most.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Estimate {
+    pub tokens: u64,
+    pub spend_micros: u64,
+}
+
+/// One reservation made, to settle (or roll back) later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub key: String,
+    pub window: u64,
+    pub amount: u64,
+    /// `tokens` or `spend` (settled with real usage); `requests` are never settled.
+    pub kind: &'static str,
+}
+
+/// For the `x-ratelimit-*` headers: the tightest limit of one kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Headroom {
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset_seconds: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Admission {
+    pub reservations: Vec<Reservation>,
+    pub requests: Option<Headroom>,
+    pub tokens: Option<Headroom>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// 429 with `Retry-After`.
+    RateLimited {
+        what: String,
+        retry_after: u64,
+        requests: Option<Headroom>,
+        tokens: Option<Headroom>,
+    },
+    /// 402.
+    Budget { what: String },
+    /// The store failed and the mode is fail-closed (503).
+    Unavailable,
+}
+
+fn tighter(current: Option<Headroom>, candidate: Headroom) -> Option<Headroom> {
+    match current {
+        Some(c) if c.remaining <= candidate.remaining => Some(c),
+        _ => Some(candidate),
+    }
+}
+
+fn rollback(store: &dyn Store, reservations: &[Reservation]) {
+    for r in reservations {
+        let _ = adjust(store, &r.key, r.window, -(r.amount as i64));
+    }
+}
+
+/// Checks and reserves every limit of every subject, or refuses (undoing what it reserved).
+pub fn admit(
+    store: &dyn Store,
+    subjects: &[Subject<'_>],
+    now: u64,
+    estimate: Estimate,
+) -> Result<Admission, Refusal> {
+    let mut admission = Admission::default();
+    for s in subjects {
+        let l = s.limits;
+        let checks: [(&'static str, Window, Option<u64>, u64); 7] = [
+            ("requests", Window::Minute, l.requests_per_minute, 1),
+            ("requests", Window::Hour, l.requests_per_hour, 1),
+            ("requests", Window::Day, l.requests_per_day, 1),
+            (
+                "tokens",
+                Window::Minute,
+                l.tokens_per_minute,
+                estimate.tokens,
+            ),
+            ("tokens", Window::Day, l.tokens_per_day, estimate.tokens),
+            (
+                "spend",
+                Window::Day,
+                l.spend_per_day.map(|p| p.0),
+                estimate.spend_micros,
+            ),
+            (
+                "spend",
+                Window::Month,
+                l.spend_per_month.map(|p| p.0),
+                estimate.spend_micros,
+            ),
+        ];
+        for (kind, window, limit, amount) in checks {
+            let Some(limit) = limit else { continue };
+            let (start, end) = window.bounds(now);
+            let key = format!("weir:{}:{}:{}:{}", s.scope, s.id, kind, window.name());
+            let what = format!(
+                "{} {}s per {} ({} {})",
+                limit,
+                kind.trim_end_matches('s'),
+                window.name(),
+                s.scope,
+                s.id
+            );
+            match reserve(store, &key, start, amount, limit) {
+                Ok(Ok(used)) => {
+                    let room = Headroom {
+                        limit,
+                        remaining: limit - used,
+                        reset_seconds: end - now,
+                    };
+                    match kind {
+                        "requests" => admission.requests = tighter(admission.requests, room),
+                        "tokens" => admission.tokens = tighter(admission.tokens, room),
+                        _ => {}
+                    }
+                    admission.reservations.push(Reservation {
+                        key,
+                        window: start,
+                        amount,
+                        kind,
+                    });
+                }
+                Ok(Err(_)) => {
+                    rollback(store, &admission.reservations);
+                    return Err(if kind == "spend" {
+                        let amount = Price(limit);
+                        Refusal::Budget {
+                            what: format!(
+                                "the {} budget of {amount} per {} ({} {})",
+                                s.scope,
+                                window.name(),
+                                s.scope,
+                                s.id
+                            ),
+                        }
+                    } else {
+                        let room = Headroom {
+                            limit,
+                            remaining: 0,
+                            reset_seconds: end - now,
+                        };
+                        let (requests, tokens) = if kind == "requests" {
+                            (Some(room), admission.tokens)
+                        } else {
+                            (admission.requests, Some(room))
+                        };
+                        Refusal::RateLimited {
+                            what,
+                            retry_after: (end - now).max(1),
+                            requests,
+                            tokens,
+                        }
+                    });
+                }
+                Err(_) => {
+                    rollback(store, &admission.reservations);
+                    return Err(Refusal::Unavailable);
+                }
+            }
+        }
+    }
+    Ok(admission)
+}
+
+/// Replaces the reservations with what the request really used.
+pub fn settle(
+    store: &dyn Store,
+    admission: &Admission,
+    tokens: u64,
+    spend_micros: u64,
+) -> Result<(), StoreError> {
+    for r in &admission.reservations {
+        let actual = match r.kind {
+            "tokens" => tokens,
+            "spend" => spend_micros,
+            _ => continue,
+        };
+        adjust(store, &r.key, r.window, actual as i64 - r.amount as i64)?;
+    }
+    Ok(())
+}
+
+/// A run's state: closed, calls, tokens, spend (micro-units).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunState {
+    pub closed: bool,
+    pub calls: u64,
+    pub tokens: u64,
+    pub spend_micros: u64,
+}
+
+fn run_key(key_id: &str, run_id: &str) -> String {
+    format!("weir:run:{key_id}:{run_id}")
+}
+
+fn decode_run(v: Option<Vec<u8>>) -> RunState {
+    match v {
+        Some(v) if v.len() == 25 => {
+            let n =
+                |i: usize| u64::from_le_bytes(v[1 + i * 8..9 + i * 8].try_into().unwrap_or([0; 8]));
+            RunState {
+                closed: v[0] == 1,
+                calls: n(0),
+                tokens: n(1),
+                spend_micros: n(2),
+            }
+        }
+        _ => RunState::default(),
+    }
+}
+
+fn encode_run(s: RunState) -> Vec<u8> {
+    let mut v = vec![u8::from(s.closed)];
+    for n in [s.calls, s.tokens, s.spend_micros] {
+        v.extend_from_slice(&n.to_le_bytes());
+    }
+    v
+}
+
+fn update_run(
+    store: &dyn Store,
+    key: &str,
+    f: &dyn Fn(RunState) -> Result<RunState, RunState>,
+) -> Result<Result<RunState, RunState>, StoreError> {
+    for _ in 0..RETRIES {
+        let (value, cas) = store.get(key)?;
+        let state = decode_run(value);
+        match f(state) {
+            Err(state) => return Ok(Err(state)),
+            Ok(new) => match store.set(key, &encode_run(new), cas) {
+                Ok(()) => return Ok(Ok(new)),
+                Err(StoreError::Conflict) => continue,
+                Err(e) => return Err(e),
+            },
+        }
+    }
+    Err(StoreError::Unavailable)
+}
+
+/// Counts a call of a run; `Ok(Err(state))` when the run is closed (409). `fresh` starts the
+/// run again (`x-weir-new-run: true`).
+pub fn run_call(
+    store: &dyn Store,
+    key_id: &str,
+    run_id: &str,
+    limits: &RunLimits,
+    fresh: bool,
+) -> Result<Result<RunState, RunState>, StoreError> {
+    let key = run_key(key_id, run_id);
+    update_run(store, &key, &|s| {
+        let s = if fresh { RunState::default() } else { s };
+        if s.closed {
+            return Err(s);
+        }
+        let calls = s.calls + 1;
+        if limits.calls.is_some_and(|max| calls > max) {
+            return Ok(RunState { closed: true, ..s });
+        }
+        Ok(RunState { calls, ..s })
+    })
+    .map(|r| match r {
+        Ok(s) if s.closed => Err(s),
+        other => other,
+    })
+}
+
+/// Adds a finished call's usage to its run, closing it once a limit is reached.
+pub fn run_usage(
+    store: &dyn Store,
+    key_id: &str,
+    run_id: &str,
+    limits: &RunLimits,
+    tokens: u64,
+    spend_micros: u64,
+) -> Result<RunState, StoreError> {
+    let key = run_key(key_id, run_id);
+    let r = update_run(store, &key, &|s| {
+        let tokens = s.tokens.saturating_add(tokens);
+        let spend_micros = s.spend_micros.saturating_add(spend_micros);
+        let closed = s.closed
+            || limits.tokens.is_some_and(|max| tokens >= max)
+            || limits.spend.is_some_and(|max| spend_micros >= max.0);
+        Ok(RunState {
+            closed,
+            tokens,
+            spend_micros,
+            ..s
+        })
+    })?;
+    Ok(r.unwrap_or_else(|s| s))
+}
+
+/// Slots of the idempotency table: bounded memory; a newer id can evict an older one in
+/// the same slot (then its repeat is not detected).
+pub const IDEMPOTENCY_SLOTS: u64 = 65_536;
+
+/// Records `request_id` for `key_id`; `Ok(Err(first_seen))` when it was seen within
+/// `window` seconds.
+pub fn first_use(
+    store: &dyn Store,
+    key_id: &str,
+    request_id: &str,
+    now: u64,
+    window: u64,
+) -> Result<Result<(), u64>, StoreError> {
+    let h = crate::routing::stable_hash(&format!("{key_id}\u{0}{request_id}"));
+    let key = format!("weir:idem:{}", h % IDEMPOTENCY_SLOTS);
+    for _ in 0..RETRIES {
+        let (value, cas) = store.get(&key)?;
+        let (stored_hash, seen) = decode(value);
+        if stored_hash == h && now.saturating_sub(seen) < window {
+            return Ok(Err(seen));
+        }
+        match store.set(&key, &encode(h, now), cas) {
+            Ok(()) => return Ok(Ok(())),
+            Err(StoreError::Conflict) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Unavailable)
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    /// The store the filter gets from Envoy, in memory.
+    #[derive(Default)]
+    pub struct MemStore {
+        pub data: RefCell<HashMap<String, (Vec<u8>, u32)>>,
+        pub broken: bool,
+    }
+
+    impl Store for MemStore {
+        fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
+            if self.broken {
+                return Err(StoreError::Unavailable);
+            }
+            Ok(match self.data.borrow().get(key) {
+                Some((v, cas)) => (Some(v.clone()), Some(*cas)),
+                None => (None, None),
+            })
+        }
+        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+            let mut data = self.data.borrow_mut();
+            let current = data.get(key).map(|(_, c)| *c);
+            if cas.is_some() && cas != current {
+                return Err(StoreError::Conflict);
+            }
+            data.insert(key.to_string(), (value.to_vec(), current.unwrap_or(0) + 1));
+            Ok(())
+        }
+    }
+
+    fn limits(toml_text: &str) -> LimitSet {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    #[test]
+    fn windows() {
+        let now = 1_795_336_805; // 2026-11-22T08:40:05Z
+        assert_eq!(Window::Minute.bounds(now), (1_795_336_800, 1_795_336_860));
+        let (start, end) = Window::Month.bounds(now);
+        assert_eq!(
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(start)
+            )
+            .to_string(),
+            "2026-11-01T00:00:00Z"
+        );
+        assert_eq!(
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(end)
+            )
+            .to_string(),
+            "2026-12-01T00:00:00Z"
+        );
+        let (_, end) = Window::Month.bounds(1_796_604_800); // 2026-12-06
+        assert_eq!(
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(end)
+            )
+            .to_string(),
+            "2027-01-01T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn requests_per_minute_allows_exactly_n_then_frees() {
+        let store = MemStore::default();
+        let l = limits("requests_per_minute = 3");
+        let subjects = [Subject {
+            scope: "key",
+            id: "k".into(),
+            limits: &l,
+        }];
+        let now = 1_000_040; // 20 s into a minute
+        for i in 0..3 {
+            let a = admit(&store, &subjects, now, Estimate::default()).unwrap();
+            assert_eq!(a.requests.unwrap().remaining, 2 - i);
+        }
+        match admit(&store, &subjects, now, Estimate::default()).unwrap_err() {
+            Refusal::RateLimited {
+                retry_after,
+                requests,
+                ..
+            } => {
+                assert_eq!(retry_after, 40);
+                assert_eq!(requests.unwrap().remaining, 0);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(admit(&store, &subjects, now + 40, Estimate::default()).is_ok());
+    }
+
+    #[test]
+    fn reservations_settle_and_refusals_roll_back() {
+        let store = MemStore::default();
+        let key = limits("tokens_per_day = 1000");
+        let team = limits("requests_per_minute = 1");
+        let subjects = [
+            Subject {
+                scope: "key",
+                id: "k".into(),
+                limits: &key,
+            },
+            Subject {
+                scope: "team",
+                id: "t".into(),
+                limits: &team,
+            },
+        ];
+        let a = admit(
+            &store,
+            &subjects,
+            100,
+            Estimate {
+                tokens: 600,
+                spend_micros: 0,
+            },
+        )
+        .unwrap();
+        settle(&store, &a, 150, 0).unwrap();
+        assert_eq!(read(&store, "weir:key:k:tokens:day", 0).unwrap(), 150);
+        // The team refuses: the key's tokens reserved first are given back.
+        assert!(matches!(
+            admit(
+                &store,
+                &subjects,
+                101,
+                Estimate {
+                    tokens: 600,
+                    spend_micros: 0
+                }
+            ),
+            Err(Refusal::RateLimited { .. })
+        ));
+        assert_eq!(read(&store, "weir:key:k:tokens:day", 0).unwrap(), 150);
+    }
+
+    #[test]
+    fn spend_budget_is_402() {
+        let store = MemStore::default();
+        let l = limits("spend_per_day = \"1.00\"");
+        let subjects = [Subject {
+            scope: "team",
+            id: "t".into(),
+            limits: &l,
+        }];
+        let a = admit(
+            &store,
+            &subjects,
+            100,
+            Estimate {
+                tokens: 0,
+                spend_micros: 600_000,
+            },
+        )
+        .unwrap();
+        settle(&store, &a, 0, 700_000).unwrap();
+        match admit(
+            &store,
+            &subjects,
+            100,
+            Estimate {
+                tokens: 0,
+                spend_micros: 400_000,
+            },
+        )
+        .unwrap_err()
+        {
+            Refusal::Budget { what } => assert!(what.contains("budget of 1 per day"), "{what}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unavailable_store() {
+        let store = MemStore {
+            broken: true,
+            ..Default::default()
+        };
+        let l = limits("requests_per_minute = 3");
+        let subjects = [Subject {
+            scope: "key",
+            id: "k".into(),
+            limits: &l,
+        }];
+        assert_eq!(
+            admit(&store, &subjects, 1, Estimate::default()),
+            Err(Refusal::Unavailable)
+        );
+    }
+
+    #[test]
+    fn usage_snapshot_for_policies() {
+        let store = MemStore::default();
+        let config: LimitsConfig = toml::from_str(
+            "[per_key]\nrequests_per_minute = 5\n[teams.t]\nspend_per_day = \"2.5\"",
+        )
+        .unwrap();
+        let subjects = subjects(&config, "k", "t", None);
+        admit(
+            &store,
+            &subjects,
+            100,
+            Estimate {
+                tokens: 0,
+                spend_micros: 700,
+            },
+        )
+        .unwrap();
+        let snap = usage_snapshot(&store, &subjects, 100);
+        assert_eq!(snap["key"]["requests_per_minute"]["used"], 1);
+        assert_eq!(snap["key"]["requests_per_minute"]["limit"], 5);
+        assert_eq!(snap["team"]["spend_per_day"]["used"], 700);
+        assert_eq!(snap["team"]["spend_per_day"]["limit"], 2_500_000);
+    }
+
+    #[test]
+    fn runs_close_at_their_limits() {
+        let store = MemStore::default();
+        let l = RunLimits {
+            calls: Some(2),
+            tokens: Some(100),
+            spend: None,
+        };
+        assert!(run_call(&store, "k", "r", &l, false).unwrap().is_ok());
+        assert!(run_call(&store, "k", "r", &l, false).unwrap().is_ok());
+        assert!(
+            run_call(&store, "k", "r", &l, false).unwrap().is_err(),
+            "third call closes the run"
+        );
+        assert!(run_call(&store, "k", "r", &l, false).unwrap().is_err());
+        assert!(
+            run_call(&store, "k", "r", &l, true).unwrap().is_ok(),
+            "a fresh run starts again"
+        );
+        run_usage(&store, "k", "r", &l, 120, 0).unwrap();
+        assert!(
+            run_call(&store, "k", "r", &l, false).unwrap().is_err(),
+            "the token limit closed it"
+        );
+        assert!(run_call(&store, "k", "other", &l, false).unwrap().is_ok());
+    }
+
+    #[test]
+    fn idempotency() {
+        let store = MemStore::default();
+        assert_eq!(first_use(&store, "k", "req-1", 100, 600).unwrap(), Ok(()));
+        assert_eq!(first_use(&store, "k", "req-1", 200, 600).unwrap(), Err(100));
+        assert_eq!(
+            first_use(&store, "other-key", "req-1", 200, 600).unwrap(),
+            Ok(())
+        );
+        assert_eq!(
+            first_use(&store, "k", "req-1", 800, 600).unwrap(),
+            Ok(()),
+            "outside the window"
+        );
+    }
+}

@@ -1,0 +1,194 @@
+"""Rate limits, budgets, runs and idempotency against Envoy with two workers and
+concurrent clients: the counters live in Envoy's shared data, shared by both workers."""
+from __future__ import annotations
+
+import concurrent.futures
+import subprocess
+import time
+
+import httpx
+import pytest
+
+import shutil
+
+import devstack
+from conftest import ROOT, Running
+
+MESSAGES = [{"role": "user", "content": "count me"}]
+
+
+@pytest.fixture(scope="module")
+def lim(built, tmp_path_factory) -> Running:
+    workdir = tmp_path_factory.mktemp("limits")
+    policies = workdir / "policies"
+    shutil.copytree(ROOT / "policies", policies)
+    # A policy that tightens a limit using the usage Weir puts in its input.
+    (policies / "throttle.rego").write_text('''package weir.policy.throttle
+
+deny contains {"reason": "This key may make 2 requests a day under the throttle policy.", "status": 429, "retry_after": input.usage.key.requests_per_day.reset_seconds} if {
+	input.usage.key.requests_per_day.used >= 2
+}
+''')
+    config = workdir / "weir.toml"
+    text = devstack.sample_config_text().replace(f'dir = "{ROOT / "policies"}"', f'dir = "{policies}"')
+    config.write_text(text + '''
+[limits]
+idempotency_window_seconds = 600
+
+[limits.keys.rl-key]
+requests_per_minute = 20
+
+[limits.keys.count-key]
+requests_per_day = 100000
+
+[limits.teams.tok-team]
+tokens_per_day = 300
+
+[limits.teams.spend-team]
+spend_per_day = "0.00003"
+
+[limits.per_run]
+calls = 3
+''')
+    keys = {}
+    for key_id, team in [("rl-key", "rl"), ("count-key", "count"), ("tok-key", "tok-team"), ("spend-key", "spend-team"),
+                         ("run-key", "runs")]:
+        r = subprocess.run([str(devstack.WEIR_BIN), "keys", "new", "-c", str(config), "--name", key_id, "--id", key_id,
+                            "--team", team, "--scopes", "*"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        keys[key_id] = r.stdout.strip()
+    stack = devstack.Stack(workdir / "stack", config=config, concurrency=2)
+    stack.start()
+    running = Running(stack)
+    running.keys = keys
+    try:
+        yield running
+    finally:
+        stack.stop()
+
+
+HTTP = httpx.Client(timeout=30, limits=httpx.Limits(max_connections=32))
+
+
+def chat(lim, key, headers=None, body=None):
+    return HTTP.post(lim.url + "/v1/chat/completions", json=body or {"model": "fast", "messages": MESSAGES},
+                     headers={"authorization": f"Bearer {key}", **(headers or {})})
+
+
+def same_minute() -> None:
+    """Bursts must not straddle a minute boundary (fixed windows)."""
+    if time.time() % 60 > 50:
+        time.sleep(61 - time.time() % 60)
+
+
+def test_requests_per_minute_allows_exactly_n_across_both_workers(lim):
+    same_minute()
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(lambda i: chat(lim, lim.keys["rl-key"], {"x-weir-request-id": f"rl-{i}-{time.time_ns()}"}), range(35)))
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses.count(200) == 20 and statuses.count(429) == 15, statuses
+    refused = [r for r in responses if r.status_code == 429]
+    for r in refused:
+        retry = int(r.headers["retry-after"])
+        assert 1 <= retry <= 60
+        assert r.headers["x-ratelimit-limit-requests"] == "20"
+        assert r.headers["x-ratelimit-remaining-requests"] == "0"
+        assert r.headers["x-ratelimit-reset-requests"] == f"{retry}s"
+        assert r.json()["error"]["code"] == "rate_limit_exceeded"
+        assert "20 requests per minute (key rl-key)" in r.json()["error"]["message"]
+    allowed = [r for r in responses if r.status_code == 200]
+    remaining = sorted(int(r.headers["x-ratelimit-remaining-requests"]) for r in allowed)
+    assert remaining == list(range(20)), remaining  # each of the 20 got its own slot
+
+
+def test_counters_agree_with_the_audit_records_across_workers(lim):
+    key = lim.keys["count-key"]
+    ids = [f"count-{i}-{time.time_ns()}" for i in range(120)]
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(lambda rid: chat(lim, key, {"x-weir-request-id": rid}), ids))
+    assert all(r.status_code == 200 for r in responses)
+    remaining = min(int(r.headers["x-ratelimit-remaining-requests"]) for r in responses)
+    counted = 100000 - remaining
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        records = [r for r in lim.audit_records() if r.get("key_id") == "count-key"]
+        if len(records) >= counted:
+            break
+        time.sleep(0.1)
+    assert counted == len(records) == len(ids)
+
+
+def test_a_token_budget_stops_the_team_without_overshoot(lim):
+    key = lim.keys["tok-key"]
+    body = {"model": "fast", "messages": MESSAGES, "max_tokens": 20}
+    statuses = []
+    for i in range(40):
+        r = chat(lim, key, {"x-weir-request-id": f"tok-{i}-{time.time_ns()}"}, body)
+        statuses.append(r.status_code)
+        if r.status_code == 429:
+            assert "300 tokens per day (team tok-team)" in r.json()["error"]["message"]
+            break
+    assert 429 in statuses and statuses.count(200) >= 3
+    time.sleep(0.5)
+    used = sum(r["usage"]["total_tokens"] for r in lim.audit_records() if r.get("team") == "tok-team" and r.get("usage"))
+    # Reservations (prompt estimate + max_tokens) cover the real usage here, so no overshoot.
+    assert used <= 300, used
+
+
+def test_a_spend_budget_is_402(lim):
+    key = lim.keys["spend-key"]
+    body = {"model": "fast", "messages": MESSAGES, "max_tokens": 10}
+    for i in range(30):
+        r = chat(lim, key, {"x-weir-request-id": f"spend-{i}-{time.time_ns()}"}, body)
+        if r.status_code != 200:
+            break
+    assert r.status_code == 402
+    error = r.json()["error"]
+    assert error["code"] == "budget_exhausted" and "team budget of 0.00003 per day" in error["message"]
+    time.sleep(0.5)
+    spent = sum(r["cost"]["picos"] for r in lim.audit_records() if r.get("team") == "spend-team" and r.get("cost"))
+    assert spent <= 30 * 10**6  # 0.00003 = 30 micro-units
+
+
+def test_a_run_closes_at_its_limit_and_can_start_again(lim):
+    key = lim.keys["run-key"]
+    run = f"run-{time.time_ns()}"
+    statuses = [chat(lim, key, {"x-weir-run-id": run}).status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 409]
+    r = chat(lim, key, {"x-weir-run-id": run})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "run_closed"
+    assert "x-weir-new-run: true" in r.json()["error"]["message"]
+    assert chat(lim, key, {"x-weir-run-id": run, "x-weir-new-run": "true"}).status_code == 200
+    assert chat(lim, key, {"x-weir-run-id": run + "-other"}).status_code == 200
+
+
+def test_a_repeated_request_id_is_409_naming_the_original(lim, rid):
+    key = lim.keys["run-key"]
+    first = chat(lim, key, {"x-weir-request-id": rid})
+    assert first.status_code == 200
+    again = chat(lim, key, {"x-weir-request-id": rid})
+    assert again.status_code == 409
+    error = again.json()["error"]
+    assert error["code"] == "duplicate_request" and rid in error["message"]
+    assert len(lim.received(rid)) == 1  # the repeat was not paid for
+    # Another key may use the same id.
+    assert chat(lim, lim.keys["count-key"], {"x-weir-request-id": rid}).status_code == 200
+
+
+def test_ratelimit_headers_on_every_response(lim, rid):
+    r = chat(lim, lim.keys["count-key"], {"x-weir-request-id": rid})
+    assert r.status_code == 200
+    assert r.headers["x-ratelimit-limit-requests"] == "100000"
+    assert int(r.headers["x-ratelimit-remaining-requests"]) < 100000
+    assert r.headers["x-ratelimit-reset-requests"].endswith("s")
+
+
+def test_policies_see_current_usage_and_can_tighten_limits(lim):
+    # count-key has used its daily counter in the tests above; the policy sees that.
+    refused = chat(lim, lim.keys["count-key"], {"x-weir-policy": "throttle"})
+    assert refused.status_code == 429
+    error = refused.json()["error"]
+    assert error["code"] == "policy_denied" and "2 requests a day" in error["message"]
+    assert 1 <= int(refused.headers["retry-after"]) <= 86400
+    # A key without key limits has no such usage: the policy lets it through.
+    assert chat(lim, lim.keys["run-key"], {"x-weir-policy": "throttle"}).status_code == 200
