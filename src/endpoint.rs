@@ -66,17 +66,11 @@ impl Endpoint {
         }
     }
 
-    /// The scope a key needs to call this endpoint.
+    /// The scope a key needs to call this endpoint: its name, but `chat` for chat completions.
     pub fn scope(self) -> &'static str {
         match self {
             Endpoint::ChatCompletions => "chat",
-            Endpoint::Messages => "messages",
-            Endpoint::Models => "models",
-            Endpoint::Advice => "advice",
-            Endpoint::Embeddings => "embeddings",
-            Endpoint::Completions => "completions",
-            Endpoint::Responses => "responses",
-            Endpoint::Passthrough => "passthrough",
+            other => other.name(),
         }
     }
 

@@ -341,6 +341,20 @@ pub struct ParamsInput {
     pub tools: Vec<String>,
 }
 
+impl ParamsInput {
+    /// The request's parameters as policies see them.
+    pub fn new(stream: bool, essentials: &crate::body::Essentials) -> Self {
+        ParamsInput {
+            stream,
+            max_tokens: essentials.max_tokens,
+            temperature: essentials.temperature,
+            messages: essentials.message_count,
+            input_chars: essentials.input_chars,
+            tools: essentials.tools.clone(),
+        }
+    }
+}
+
 /// Everything a policy may look at. Field names are part of Weir's stable interface
 /// (`version` says which); the README documents them.
 #[derive(Debug, Clone, Default)]

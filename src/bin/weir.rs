@@ -489,14 +489,7 @@ fn policy(command: PolicyCommand) -> Result<(), String> {
                 policy: &policy,
                 model: &request.model,
                 is_tier: parsed.tiers.contains_key(&request.model),
-                params: weir::policy::ParamsInput {
-                    stream: request.stream,
-                    max_tokens: essentials.max_tokens,
-                    temperature: essentials.temperature,
-                    messages: essentials.message_count,
-                    input_chars: essentials.input_chars,
-                    tools: essentials.tools,
-                },
+                params: weir::policy::ParamsInput::new(request.stream, &essentials),
                 messages: essentials.messages,
                 now_unix: now,
                 ..Default::default()
