@@ -19,6 +19,7 @@ pub mod providers;
 pub mod routing;
 pub mod scopes;
 pub mod sse;
+pub mod translate;
 pub mod usage;
 
 #[cfg(target_arch = "wasm32")]

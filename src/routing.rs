@@ -103,17 +103,25 @@ pub fn route<'g>(
             names.join(", ")
         ));
     };
-    let candidates: Vec<(usize, &Target)> = tier
-        .targets
-        .iter()
-        .enumerate()
-        .filter(|(_, t)| {
-            gateway
-                .providers
-                .get(t.provider)
-                .is_some_and(|p| p.api == api)
-        })
-        .collect();
+    // Targets of the client's own API first; an OpenAI client is served by Anthropic targets
+    // (translated) when the tier has none of its own.
+    let of_api = |want: Api| -> Vec<(usize, &Target)> {
+        tier.targets
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| {
+                gateway
+                    .providers
+                    .get(t.provider)
+                    .is_some_and(|p| p.api == want)
+            })
+            .collect()
+    };
+    let mut candidates = of_api(api);
+    let translated = candidates.is_empty() && api == Api::Openai;
+    if translated {
+        candidates = of_api(Api::Anthropic);
+    }
     let only: Vec<&Target> = candidates.iter().map(|(_, t)| *t).collect();
     if let Some(target) = pick(&only, request_id) {
         if let Some(provider) = gateway.providers.get(target.provider) {
@@ -121,7 +129,7 @@ pub fn route<'g>(
                 .iter()
                 .position(|t| std::ptr::eq(*t, target))
                 .unwrap_or(0);
-            let failover = (tier.failover && candidates.len() > 1).then(|| {
+            let failover = (tier.failover && candidates.len() > 1 && !translated).then(|| {
                 let mut order = vec![candidates[first].0];
                 order.extend(
                     candidates
@@ -149,13 +157,18 @@ pub fn route<'g>(
     ))
 }
 
+/// Whether a client speaking `client` can be served by a provider speaking `provider`.
+pub fn reachable(client: Api, provider: Api) -> bool {
+    client == provider || (client == Api::Openai && provider == Api::Anthropic)
+}
+
 /// A concrete model: `provider/model`, or a model some tier serves over `api`.
 fn concrete<'g>(gateway: &'g Gateway, api: Api, model: &str) -> Option<Route<'g>> {
     if let Some((name, rest)) = model.split_once('/') {
         if let Some(provider) = gateway
             .providers
             .iter()
-            .find(|p| p.name == name && p.api == api)
+            .find(|p| p.name == name && reachable(api, p.api))
         {
             if !rest.is_empty() {
                 return Some(Route {
@@ -174,15 +187,23 @@ fn concrete<'g>(gateway: &'g Gateway, api: Api, model: &str) -> Option<Route<'g>
     }
     let mut tiers: Vec<&crate::config::Tier> = gateway.tiers.values().collect();
     tiers.sort_by(|a, b| a.name.cmp(&b.name));
-    tiers.iter().flat_map(|t| t.targets.iter()).find_map(|t| {
-        let provider = gateway.providers.get(t.provider)?;
-        (t.model == model && provider.api == api).then(|| Route {
-            tier: None,
-            target: t.clone(),
-            provider,
-            failover: None,
+    let by_name = |same_api: bool| {
+        tiers.iter().flat_map(|t| t.targets.iter()).find_map(|t| {
+            let provider = gateway.providers.get(t.provider)?;
+            let fits = if same_api {
+                provider.api == api
+            } else {
+                reachable(api, provider.api)
+            };
+            (t.model == model && fits).then(|| Route {
+                tier: None,
+                target: t.clone(),
+                provider,
+                failover: None,
+            })
         })
-    })
+    };
+    by_name(true).or_else(|| by_name(false))
 }
 
 /// A client-supplied name made safe to echo in an error: printable ASCII, bounded.
@@ -335,14 +356,17 @@ mod tests {
         );
         let r = route(&g, Api::Anthropic, "claude", &all(), "r").unwrap();
         assert_eq!((r.tier, r.provider.name.as_str()), (None, "an"));
-        assert!(
-            route(&g, Api::Openai, "an/claude", &all(), "r").is_err(),
-            "wrong API for the provider"
-        );
+        // An OpenAI client reaches Anthropic models (translated); not the other way yet.
+        let r = route(&g, Api::Openai, "an/claude", &all(), "r").unwrap();
+        assert_eq!(r.provider.name, "an");
+        assert!(route(&g, Api::Anthropic, "oa/gpt", &all(), "r").is_err());
         assert!(route(&g, Api::Openai, "oa/", &all(), "r").is_err());
-        assert!(
-            route(&g, Api::Openai, "claude", &all(), "r").is_err(),
-            "served only over Anthropic"
+        assert_eq!(
+            route(&g, Api::Openai, "claude", &all(), "r")
+                .unwrap()
+                .provider
+                .name,
+            "an"
         );
     }
 
@@ -371,7 +395,10 @@ mod tests {
         assert_eq!(e.status(), 404);
         assert!(e.message.contains("`gpt-9?`"), "{}", e.message);
         assert!(e.message.contains("balanced, claude-only"));
-        let e = route(&g, Api::Openai, "claude-only", &all(), "r").unwrap_err();
-        assert_eq!(e.status(), 404);
+        let r = route(&g, Api::Openai, "claude-only", &all(), "r").unwrap();
+        assert_eq!(
+            r.provider.name, "an",
+            "no OpenAI target: served by Anthropic, translated"
+        );
     }
 }

@@ -418,6 +418,8 @@ enum Api {
 
 /// The answer to one request: derived from it, with deterministic token counts.
 struct Reply {
+    /// The answer was cut at max_tokens.
+    truncated: bool,
     id: String,
     model: String,
     words: Vec<String>,
@@ -471,7 +473,16 @@ impl Reply {
         }
         let echo: String = last_user.chars().take(200).collect();
         let text = format!("Mock reply from {model}: {echo}");
-        let words = text.split_inclusive(' ').map(str::to_string).collect();
+        let mut words: Vec<String> = text.split_inclusive(' ').map(str::to_string).collect();
+        // Like the real APIs, stop at max_tokens (one word, one token here).
+        let max = request
+            .get("max_tokens")
+            .or_else(|| request.get("max_completion_tokens"))
+            .and_then(Value::as_u64);
+        let truncated = max.is_some_and(|m| (m as usize) < words.len());
+        if let Some(m) = max {
+            words.truncate(m as usize);
+        }
         let id = match api {
             Api::OpenAi => format!("chatcmpl-mock{n}"),
             Api::Anthropic => format!("msg_mock{n}"),
@@ -483,6 +494,7 @@ impl Reply {
             prompt_tokens: prompt_tokens + cached,
             cached_tokens: cached,
             reasoning_tokens: reasoning,
+            truncated,
             created: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -514,7 +526,7 @@ impl Reply {
             "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
             "system_fingerprint": "fp_mock",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": self.text(), "refusal": null},
-                         "logprobs": null, "finish_reason": "stop"}],
+                         "logprobs": null, "finish_reason": if self.truncated { "length" } else { "stop" }}],
             "usage": self.openai_usage(),
         })
     }
@@ -541,7 +553,11 @@ impl Reply {
         for w in &self.words {
             events.push(self.openai_chunk(json!({"content": w}), Value::Null, include_usage));
         }
-        events.push(self.openai_chunk(json!({}), json!("stop"), include_usage));
+        events.push(self.openai_chunk(
+            json!({}),
+            json!(if self.truncated { "length" } else { "stop" }),
+            include_usage,
+        ));
         if include_usage {
             let chunk = json!({
                 "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
@@ -563,11 +579,19 @@ impl Reply {
         })
     }
 
+    fn stop_reason(&self) -> &'static str {
+        if self.truncated {
+            "max_tokens"
+        } else {
+            "end_turn"
+        }
+    }
+
     fn anthropic_json(&self) -> Value {
         json!({
             "id": self.id, "type": "message", "role": "assistant", "model": self.model,
             "content": [{"type": "text", "text": self.text()}],
-            "stop_reason": "end_turn", "stop_sequence": null,
+            "stop_reason": self.stop_reason(), "stop_sequence": null,
             "usage": self.anthropic_usage(self.completion_tokens()),
         })
     }
@@ -602,7 +626,7 @@ impl Reply {
         events.push(event(
             "message_delta",
             json!({"type": "message_delta",
-            "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+            "delta": {"stop_reason": self.stop_reason(), "stop_sequence": null},
             "usage": {"output_tokens": self.completion_tokens()}}),
         ));
         events.push(event("message_stop", json!({"type": "message_stop"})));

@@ -31,6 +31,7 @@ use crate::routing::{
     failover_header, failover_target, printable, route, Failover, FAILOVER_HEADER,
 };
 use crate::scopes::Scopes;
+use crate::translate::{self, AnthropicToOpenAiStream};
 use crate::usage::Usage;
 
 /// Headers never shown to policies.
@@ -126,6 +127,11 @@ pub struct WeirHttp {
     /// For the `x-ratelimit-*` headers.
     headroom: (Option<Headroom>, Option<Headroom>),
     run_counted: bool,
+    /// The request was translated for a provider of another API: `Some(include_usage)`.
+    translating: Option<bool>,
+    /// The API of the provider serving the request (responses are metered in it).
+    provider_api: Api,
+    stream_translator: Option<AnthropicToOpenAiStream>,
 }
 
 impl WeirHttp {
@@ -150,6 +156,9 @@ impl WeirHttp {
             admission: None,
             headroom: (None, None),
             run_counted: false,
+            translating: None,
+            provider_api: Api::Openai,
+            stream_translator: None,
         }
     }
 
@@ -536,6 +545,10 @@ impl WeirHttp {
             self.apply_limits(&gateway, limits, &request, &plan)?;
         }
 
+        self.provider_api = provider.api;
+        if provider.api != self.api {
+            return self.forward_translated(&gateway, &request, &body, body_size, &plan);
+        }
         let (mut edits, usage_added) = match self.api {
             Api::Openai => {
                 let stream_usage = gateway.settings.stream_usage
@@ -603,6 +616,79 @@ impl WeirHttp {
         self.record.provider = Some(provider.name.clone());
         self.record.cluster = Some(plan.target.cluster.clone());
         self.record.usage_requested_by_weir = usage_added;
+        self.phase = Phase::Forwarded;
+        Ok(Action::Continue)
+    }
+
+    /// Sends an OpenAI request to an Anthropic target: the body translated, the path,
+    /// version and credential of the provider.
+    fn forward_translated(
+        &mut self,
+        gateway: &Gateway,
+        request: &LlmRequest<'_>,
+        body: &[u8],
+        body_size: usize,
+        plan: &Plan,
+    ) -> Result<Action, Action> {
+        let include_usage = request
+            .stream_options
+            .as_ref()
+            .and_then(|f| serde_json::from_str::<serde_json::Value>(f.text()).ok())
+            .and_then(|v| v.get("include_usage").and_then(|u| u.as_bool()))
+            .unwrap_or(false);
+        let translated =
+            translate::openai_request_to_anthropic(body, &plan.target.model).map_err(|e| {
+                self.reject(GatewayError::new(ErrorKind::BadRequest, e.message).with_param(e.param))
+            })?;
+        let translated = match plan.max_tokens {
+            // A policy's cap applies to the translated request too.
+            Some(cap) => match serde_json::from_slice::<serde_json::Value>(&translated) {
+                Ok(mut v) => {
+                    let current = v["max_tokens"].as_u64().unwrap_or(cap);
+                    v["max_tokens"] = serde_json::json!(current.min(cap));
+                    serde_json::to_vec(&v).unwrap_or(translated)
+                }
+                Err(_) => translated,
+            },
+            None => translated,
+        };
+        host::set_buffer(REQUEST_BODY, 0, body_size, &translated)
+            .map_err(|s| self.internal("replacing the request body", s))?;
+        let Some(provider) = gateway.providers.get(plan.target.provider) else {
+            return Err(self.internal("finding the provider", 0));
+        };
+        host::set_header(REQUEST_HEADERS, ":path", "/v1/messages")
+            .map_err(|s| self.internal("setting the path", s))?;
+        host::set_header(
+            REQUEST_HEADERS,
+            &gateway.settings.cluster_header,
+            &plan.target.cluster,
+        )
+        .map_err(|s| self.internal("setting the cluster header", s))?;
+        for name in ["authorization", "x-api-key", "api-key"] {
+            host::remove_header(REQUEST_HEADERS, name)
+                .map_err(|s| self.internal("removing credentials", s))?;
+        }
+        if let Some((name, value)) = &provider.credential_header {
+            host::set_header(REQUEST_HEADERS, name, &value.0)
+                .map_err(|s| self.internal("setting the provider credential", s))?;
+        }
+        host::set_header(
+            REQUEST_HEADERS,
+            "anthropic-version",
+            &provider.anthropic_version,
+        )
+        .map_err(|s| self.internal("setting anthropic-version", s))?;
+        host::set_header(REQUEST_HEADERS, REQUEST_ID_HEADER, &self.record.request_id)
+            .map_err(|s| self.internal("setting the request id", s))?;
+        host::clear_route_cache().map_err(|s| self.internal("clearing the route cache", s))?;
+
+        self.translating = Some(include_usage);
+        self.record.tier = plan.tier.clone();
+        self.record.served_model = Some(plan.target.model.clone());
+        self.target_model = Some(plan.target.model.clone());
+        self.record.provider = Some(provider.name.clone());
+        self.record.cluster = Some(plan.target.cluster.clone());
         self.phase = Phase::Forwarded;
         Ok(Action::Continue)
     }
@@ -1188,6 +1274,38 @@ impl WeirHttp {
 }
 
 impl WeirHttp {
+    /// A translated request's response, back in the client's API: streams event by event,
+    /// buffered bodies (answers and errors) whole.
+    fn translate_response(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.stream_translator.is_none() && !end_of_stream {
+            return Action::Pause; // Envoy buffers; the body is translated whole.
+        }
+        let body = host::buffer(RESPONSE_BODY, 0, body_size).unwrap_or_default();
+        if let Some(meter) = &mut self.meter {
+            meter.feed(&body, end_of_stream);
+            if end_of_stream {
+                meter.finish();
+            }
+        }
+        let out = match &mut self.stream_translator {
+            Some(t) => t.feed(&body),
+            None => {
+                let created = host::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                translate::anthropic_response_to_openai(&body, created)
+            }
+        };
+        if let Err(s) = host::set_buffer(RESPONSE_BODY, 0, body_size, &out) {
+            log::warn!("weir: could not translate the response (host status {s})");
+        }
+        if end_of_stream {
+            self.response_complete = true;
+        }
+        Action::Continue
+    }
+
     /// Buffers a successful JSON response and adds the `weir` object at its top.
     fn add_metadata(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if !end_of_stream {
@@ -1321,14 +1439,27 @@ impl HttpContext for WeirHttp {
         let content_type = host::header(RESPONSE_HEADERS, "content-type").unwrap_or_default();
         let streaming = content_type.starts_with(b"text/event-stream");
         let meter = ResponseMeter::new(
-            self.api,
+            self.provider_api,
             streaming,
             MAX_METERED_JSON,
             self.record.usage_requested_by_weir,
         );
+        if let Some(include_usage) = self.translating {
+            let created = host::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            if streaming {
+                self.stream_translator = Some(AnthropicToOpenAiStream::new(created, include_usage));
+            }
+            if let Err(s) = host::remove_header(RESPONSE_HEADERS, "content-length") {
+                log::warn!("weir: could not remove the response content-length (host status {s})");
+            }
+        }
         let success =
             host::header(RESPONSE_HEADERS, ":status").is_some_and(|s| s.starts_with(b"2"));
-        self.inject_metadata = !streaming
+        self.inject_metadata = self.translating.is_none()
+            && !streaming
             && !end_of_stream
             && success
             && content_type.starts_with(b"application/json")
@@ -1394,6 +1525,9 @@ impl HttpContext for WeirHttp {
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if self.inject_metadata {
             return self.add_metadata(body_size, end_of_stream);
+        }
+        if self.translating.is_some() {
+            return self.translate_response(body_size, end_of_stream);
         }
         let Some(meter) = &mut self.meter else {
             return Action::Continue;

@@ -1,0 +1,136 @@
+"""An OpenAI SDK client served by an Anthropic model: Weir translates the request, the
+response and the stream (event by event), and errors, through the real Envoy."""
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+
+import devstack
+from conftest import DEMO_KEY, Running
+
+CLAUDE = "claude-sonnet-4-5"
+
+
+@pytest.fixture(scope="module")
+def tr(built, tmp_path_factory) -> Running:
+    workdir = tmp_path_factory.mktemp("translate")
+    config = workdir / "weir.toml"
+    config.write_text(devstack.sample_config_text() + f'''
+[tiers.claude]
+description = "Claude, for OpenAI clients too"
+targets = [{{ provider = "anthropic", model = "{CLAUDE}" }}]
+''')
+    stack = devstack.Stack(workdir / "stack", config=config)
+    stack.start()
+    try:
+        yield Running(stack)
+    finally:
+        stack.stop()
+
+
+def client(tr: Running) -> openai.OpenAI:
+    return openai.OpenAI(base_url=tr.url + "/v1", api_key=DEMO_KEY, max_retries=0)
+
+
+def test_plain_text_system_prompt_and_multi_turn(tr, rid):
+    raw = client(tr).chat.completions.with_raw_response.create(
+        model="claude",
+        messages=[
+            {"role": "system", "content": "Answer in one line."},
+            {"role": "user", "content": "Hello"},
+            {"role": "assistant", "content": "Hi, how can I help?"},
+            {"role": "user", "content": "Tell me about Weir"},
+        ],
+        temperature=0.2, stop=["END"], extra_headers={"x-weir-request-id": rid})
+    completion = raw.parse()
+    assert completion.object == "chat.completion"
+    assert completion.model == CLAUDE
+    assert completion.choices[0].message.content == f"Mock reply from {CLAUDE}: Tell me about Weir"
+    assert completion.choices[0].finish_reason == "stop"
+    assert raw.headers["x-weir-model"] == CLAUDE
+
+    [received] = tr.received(rid)
+    assert received["listener"] == "anthropic" and received["path"] == "/v1/messages"
+    assert received["headers"]["x-api-key"] == "mock-anthropic-credential"
+    assert "authorization" not in received["headers"] and DEMO_KEY not in json.dumps(received)
+    sent = json.loads(received["body"])
+    assert sent["system"] == "Answer in one line."
+    assert [m["role"] for m in sent["messages"]] == ["user", "assistant", "user"]
+    assert (sent["model"], sent["max_tokens"], sent["temperature"], sent["stop_sequences"]) == (CLAUDE, 4096, 0.2, ["END"])
+
+    # Usage and cost are what the serving provider (Anthropic) reported.
+    record = tr.audit(rid)
+    reported = received["reported_usage"]
+    assert record["usage"]["prompt_tokens"] == reported["input_tokens"] + reported["cache_read_input_tokens"]
+    assert record["usage"]["completion_tokens"] == reported["output_tokens"]
+    assert completion.usage.prompt_tokens == record["usage"]["prompt_tokens"]
+    assert (record["provider"], record["served_model"], record["cost"]["priced_as"]) == ("anthropic", CLAUDE, CLAUDE)
+
+
+def test_stop_reason_length(tr):
+    completion = client(tr).chat.completions.create(model="claude", messages=[{"role": "user", "content": "a b c d e"}],
+                                                    max_tokens=3)
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.usage.completion_tokens == 3
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_streaming_is_translated_event_by_event(tr, rid, include_usage):
+    kwargs = {"stream_options": {"include_usage": True}} if include_usage else {}
+    stream = client(tr).chat.completions.create(
+        model="claude", messages=[{"role": "user", "content": "Stream this please"}], stream=True,
+        extra_headers={"x-weir-request-id": rid, "x-mock-chunk-delay-ms": "20"}, **kwargs)
+    chunks = list(stream)
+    content = [c for c in chunks if c.choices]
+    assert content[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in content) == f"Mock reply from {CLAUDE}: Stream this please"
+    assert content[-1].choices[0].finish_reason == "stop"
+    assert {c.model for c in chunks} == {CLAUDE}
+    usage_chunks = [c for c in chunks if c.usage]
+    record = tr.audit(rid)
+    if include_usage:
+        [u] = usage_chunks
+        assert u.usage.completion_tokens == record["usage"]["completion_tokens"]
+    else:
+        assert usage_chunks == []
+    assert record["stream"] is True and record["usage"]["completion_tokens"] > 0
+
+
+def test_provider_errors_come_back_in_openai_shape_with_the_providers_status(tr):
+    with pytest.raises(openai.InternalServerError) as raised:
+        client(tr).chat.completions.create(model="claude", messages=[{"role": "user", "content": "x"}],
+                                           extra_headers={"x-mock-status": "500"})
+    assert raised.value.status_code == 500
+    assert "failing on request" in raised.value.message
+    with pytest.raises(openai.RateLimitError):
+        client(tr).chat.completions.create(model="claude", messages=[{"role": "user", "content": "x"}],
+                                           extra_headers={"x-mock-status": "429"})
+
+
+@pytest.mark.parametrize(
+    "extra, param",
+    [
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}, "tools"),
+        ({"n": 2}, "n"),
+        ({"temperature": 1.7}, "temperature"),
+        ({"logprobs": True}, None),
+    ],
+    ids=["tools", "n", "temperature", "logprobs"],
+)
+def test_what_cannot_be_translated_is_refused_naming_the_parameter(tr, rid, extra, param):
+    response = httpx.post(tr.url + "/v1/chat/completions",
+                          json={"model": "claude", "messages": [{"role": "user", "content": "x"}], **extra},
+                          headers={"authorization": f"Bearer {DEMO_KEY}", "x-weir-request-id": rid}, timeout=10)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == param and next(iter(extra)) in error["message"]
+    assert tr.received(rid) == []
+
+
+def test_concrete_anthropic_model_for_an_openai_client(tr):
+    completion = client(tr).chat.completions.create(model="anthropic/claude-haiku-4-5",
+                                                    messages=[{"role": "user", "content": "hi"}])
+    assert completion.model == "claude-haiku-4-5"
