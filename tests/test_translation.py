@@ -110,15 +110,71 @@ def test_provider_errors_come_back_in_openai_shape_with_the_providers_status(tr)
                                            extra_headers={"x-mock-status": "429"})
 
 
+TOOLS = [{"type": "function", "function": {
+    "name": "lookup_order", "description": "Find an order by its number",
+    "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}}]
+
+
+def test_tool_calling_round_trip(tr, rid):
+    c = client(tr)
+    messages = [{"role": "user", "content": "Where is order 42?"}]
+    first = c.chat.completions.create(model="claude", messages=messages, tools=TOOLS, tool_choice="auto",
+                                      extra_headers={"x-weir-request-id": rid})
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    [call] = choice.message.tool_calls
+    assert call.type == "function" and call.function.name == "lookup_order"
+    assert json.loads(call.function.arguments) == {"query": "Where is order 42?"}
+    [received] = tr.received(rid)
+    sent = json.loads(received["body"])
+    assert sent["tools"][0]["name"] == "lookup_order" and sent["tool_choice"] == {"type": "auto"}
+    assert sent["tools"][0]["input_schema"]["required"] == ["query"]
+
+    # The tool's answer goes back; Claude answers from it.
+    messages += [choice.message.model_dump(exclude_none=True),
+                 {"role": "tool", "tool_call_id": call.id, "content": "Shipped yesterday"}]
+    second = c.chat.completions.create(model="claude", messages=messages, tools=TOOLS,
+                                       extra_headers={"x-weir-request-id": rid + "-2"})
+    assert second.choices[0].finish_reason == "stop"
+    assert second.choices[0].message.content == f"Mock reply from {CLAUDE}: Shipped yesterday"
+    [received] = tr.received(rid + "-2")
+    sent = json.loads(received["body"])
+    assert sent["messages"][1]["content"][0] == {"type": "tool_use", "id": call.id, "name": "lookup_order",
+                                                  "input": {"query": "Where is order 42?"}}
+    assert sent["messages"][2] == {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id,
+                                                                  "content": "Shipped yesterday"}]}
+
+
+def test_streamed_tool_call_deltas(tr):
+    stream = client(tr).chat.completions.create(
+        model="claude", messages=[{"role": "user", "content": "Where is order 7?"}], tools=TOOLS, stream=True)
+    chunks = list(stream)
+    deltas = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert deltas[0].id and deltas[0].function.name == "lookup_order"
+    arguments = "".join(d.function.arguments or "" for d in deltas)
+    assert json.loads(arguments) == {"query": "Where is order 7?"}
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+
+
+def test_images_are_sent_as_image_blocks(tr, rid):
+    client(tr).chat.completions.create(model="claude", messages=[{"role": "user", "content": [
+        {"type": "text", "text": "Describe"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}],
+        extra_headers={"x-weir-request-id": rid})
+    [received] = tr.received(rid)
+    block = json.loads(received["body"])["messages"][0]["content"][1]
+    assert block == {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
+
+
 @pytest.mark.parametrize(
     "extra, param",
     [
-        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}, "tools"),
+        ({"functions": [{"name": "f"}]}, "functions"),
         ({"n": 2}, "n"),
         ({"temperature": 1.7}, "temperature"),
         ({"logprobs": True}, None),
     ],
-    ids=["tools", "n", "temperature", "logprobs"],
+    ids=["legacy-functions", "n", "temperature", "logprobs"],
 )
 def test_what_cannot_be_translated_is_refused_naming_the_parameter(tr, rid, extra, param):
     response = httpx.post(tr.url + "/v1/chat/completions",

@@ -418,6 +418,8 @@ enum Api {
 
 /// The answer to one request: derived from it, with deterministic token counts.
 struct Reply {
+    /// Anthropic with tools offered and no tool result yet: call the first tool.
+    tool_call: Option<(String, Value)>,
     /// The answer was cut at max_tokens.
     truncated: bool,
     id: String,
@@ -435,7 +437,12 @@ fn content_text(content: &Value) -> String {
         Value::String(s) => s.clone(),
         Value::Array(blocks) => blocks
             .iter()
-            .filter_map(|b| b.get("text").and_then(Value::as_str))
+            .filter_map(|b| {
+                // A tool's answer (Anthropic's tool_result) reads like text here.
+                b.get("text")
+                    .or_else(|| b.get("content").filter(|_| b["type"] == "tool_result"))
+                    .and_then(Value::as_str)
+            })
             .collect::<Vec<_>>()
             .join(" "),
         _ => String::new(),
@@ -487,7 +494,20 @@ impl Reply {
             Api::OpenAi => format!("chatcmpl-mock{n}"),
             Api::Anthropic => format!("msg_mock{n}"),
         };
+        let answered = messages.last().is_some_and(|m| {
+            m["content"]
+                .as_array()
+                .is_some_and(|b| b.iter().any(|x| x["type"] == "tool_result"))
+        });
+        let tool_call = match (api, request.get("tools").and_then(Value::as_array)) {
+            (Api::Anthropic, Some(tools)) if !tools.is_empty() && !answered => Some((
+                tools[0]["name"].as_str().unwrap_or("tool").to_string(),
+                json!({"query": last_user.chars().take(100).collect::<String>()}),
+            )),
+            _ => None,
+        };
         Reply {
+            tool_call,
             id,
             model,
             words,
@@ -580,17 +600,29 @@ impl Reply {
     }
 
     fn stop_reason(&self) -> &'static str {
-        if self.truncated {
+        if self.tool_call.is_some() {
+            "tool_use"
+        } else if self.truncated {
             "max_tokens"
         } else {
             "end_turn"
         }
     }
 
+    /// The content blocks of the answer: the tool call, or the text.
+    fn anthropic_content(&self) -> Value {
+        match &self.tool_call {
+            Some((name, input)) => {
+                json!([{"type": "tool_use", "id": format!("toolu_{}", self.id), "name": name, "input": input}])
+            }
+            None => json!([{"type": "text", "text": self.text()}]),
+        }
+    }
+
     fn anthropic_json(&self) -> Value {
         json!({
             "id": self.id, "type": "message", "role": "assistant", "model": self.model,
-            "content": [{"type": "text", "text": self.text()}],
+            "content": self.anthropic_content(),
             "stop_reason": self.stop_reason(), "stop_sequence": null,
             "usage": self.anthropic_usage(self.completion_tokens()),
         })
@@ -605,19 +637,41 @@ impl Reply {
                 "id": self.id, "type": "message", "role": "assistant", "model": self.model, "content": [],
                 "stop_reason": null, "stop_sequence": null, "usage": self.anthropic_usage(1)}}),
             ),
-            event(
+            event("ping", json!({"type": "ping"})),
+        ];
+        if let Some((name, input)) = &self.tool_call {
+            // A tool call streams its input as JSON fragments, like the real API.
+            events.push(event(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0,
+                "content_block": {"type": "tool_use", "id": format!("toolu_{}", self.id), "name": name, "input": {}}}),
+            ));
+            let text = input.to_string();
+            let mid = (0..=text.len() / 2)
+                .rev()
+                .find(|i| text.is_char_boundary(*i))
+                .unwrap_or(0);
+            let (a, b) = text.split_at(mid);
+            for part in [a, b] {
+                events.push(event(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "input_json_delta", "partial_json": part}}),
+                ));
+            }
+        } else {
+            events.push(event(
                 "content_block_start",
                 json!({"type": "content_block_start", "index": 0,
                 "content_block": {"type": "text", "text": ""}}),
-            ),
-            event("ping", json!({"type": "ping"})),
-        ];
-        for w in &self.words {
-            events.push(event(
-                "content_block_delta",
-                json!({"type": "content_block_delta", "index": 0,
-                "delta": {"type": "text_delta", "text": w}}),
             ));
+            for w in &self.words {
+                events.push(event(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "text_delta", "text": w}}),
+                ));
+            }
         }
         events.push(event(
             "content_block_stop",
