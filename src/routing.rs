@@ -103,8 +103,8 @@ pub fn route<'g>(
             names.join(", ")
         ));
     };
-    // Targets of the client's own API first; an OpenAI client is served by Anthropic targets
-    // (translated) when the tier has none of its own.
+    // Targets of the client's own API first; the other API's targets (translated) when the
+    // tier has none of the client's.
     let of_api = |want: Api| -> Vec<(usize, &Target)> {
         tier.targets
             .iter()
@@ -118,9 +118,12 @@ pub fn route<'g>(
             .collect()
     };
     let mut candidates = of_api(api);
-    let translated = candidates.is_empty() && api == Api::Openai;
+    let translated = candidates.is_empty();
     if translated {
-        candidates = of_api(Api::Anthropic);
+        candidates = of_api(match api {
+            Api::Openai => Api::Anthropic,
+            Api::Anthropic => Api::Openai,
+        });
     }
     let only: Vec<&Target> = candidates.iter().map(|(_, t)| *t).collect();
     if let Some(target) = pick(&only, request_id) {
@@ -157,19 +160,10 @@ pub fn route<'g>(
     ))
 }
 
-/// Whether a client speaking `client` can be served by a provider speaking `provider`.
-pub fn reachable(client: Api, provider: Api) -> bool {
-    client == provider || (client == Api::Openai && provider == Api::Anthropic)
-}
-
 /// A concrete model: `provider/model`, or a model some tier serves over `api`.
 fn concrete<'g>(gateway: &'g Gateway, api: Api, model: &str) -> Option<Route<'g>> {
     if let Some((name, rest)) = model.split_once('/') {
-        if let Some(provider) = gateway
-            .providers
-            .iter()
-            .find(|p| p.name == name && reachable(api, p.api))
-        {
+        if let Some(provider) = gateway.providers.iter().find(|p| p.name == name) {
             if !rest.is_empty() {
                 return Some(Route {
                     tier: None,
@@ -190,11 +184,8 @@ fn concrete<'g>(gateway: &'g Gateway, api: Api, model: &str) -> Option<Route<'g>
     let by_name = |same_api: bool| {
         tiers.iter().flat_map(|t| t.targets.iter()).find_map(|t| {
             let provider = gateway.providers.get(t.provider)?;
-            let fits = if same_api {
-                provider.api == api
-            } else {
-                reachable(api, provider.api)
-            };
+            // The client's own API first; the other one (translated) otherwise.
+            let fits = !same_api || provider.api == api;
             (t.model == model && fits).then(|| Route {
                 tier: None,
                 target: t.clone(),
@@ -356,10 +347,16 @@ mod tests {
         );
         let r = route(&g, Api::Anthropic, "claude", &all(), "r").unwrap();
         assert_eq!((r.tier, r.provider.name.as_str()), (None, "an"));
-        // An OpenAI client reaches Anthropic models (translated); not the other way yet.
+        // Clients reach the other API's models (translated).
         let r = route(&g, Api::Openai, "an/claude", &all(), "r").unwrap();
         assert_eq!(r.provider.name, "an");
-        assert!(route(&g, Api::Anthropic, "oa/gpt", &all(), "r").is_err());
+        assert_eq!(
+            route(&g, Api::Anthropic, "oa/gpt", &all(), "r")
+                .unwrap()
+                .provider
+                .name,
+            "oa"
+        );
         assert!(route(&g, Api::Openai, "oa/", &all(), "r").is_err());
         assert_eq!(
             route(&g, Api::Openai, "claude", &all(), "r")

@@ -797,3 +797,587 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
             .all(|x| x.get("usage").is_none()));
     }
 }
+
+// ---- An Anthropic Messages client served by an OpenAI Chat Completions target ----------
+
+/// Text of an Anthropic `content` or `system` (a string or blocks with `text`).
+fn anthropic_text(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(blocks) => blocks
+            .iter()
+            .filter_map(|b| b.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+/// The OpenAI messages for one Anthropic message (a user turn with tool results becomes
+/// `tool` messages; an assistant turn with `tool_use` blocks carries `tool_calls`).
+fn openai_messages(m: &Value) -> Result<Vec<Value>, BodyError> {
+    let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+    if !matches!(role, "user" | "assistant") {
+        return Err(refuse(
+            "messages",
+            &format!("the role `{role}` is not a Messages role"),
+        ));
+    }
+    let blocks = match m.get("content") {
+        Some(Value::String(s)) => return Ok(vec![json!({"role": role, "content": s})]),
+        Some(Value::Array(b)) => b.clone(),
+        _ => {
+            return Err(refuse(
+                "messages",
+                "content must be a string or an array of blocks",
+            ))
+        }
+    };
+    let mut out = Vec::new();
+    let mut parts = Vec::new();
+    let mut calls = Vec::new();
+    for b in &blocks {
+        match b.get("type").and_then(Value::as_str) {
+            Some("text") => parts.push(json!({"type": "text", "text": b.get("text").and_then(Value::as_str).unwrap_or("")})),
+            Some("image") => {
+                let source = &b["source"];
+                let url = match source.get("type").and_then(Value::as_str) {
+                    Some("base64") => format!(
+                        "data:{};base64,{}",
+                        source.get("media_type").and_then(Value::as_str).unwrap_or("image/png"),
+                        source.get("data").and_then(Value::as_str).unwrap_or("")
+                    ),
+                    Some("url") => source.get("url").and_then(Value::as_str).unwrap_or("").to_string(),
+                    _ => return Err(refuse("messages", "images must be base64 or URL sources")),
+                };
+                parts.push(json!({"type": "image_url", "image_url": {"url": url}}));
+            }
+            Some("tool_use") => calls.push(json!({
+                "id": b.get("id"),
+                "type": "function",
+                "function": {"name": b.get("name"), "arguments": b.get("input").map(Value::to_string).unwrap_or_else(|| "{}".into())},
+            })),
+            Some("tool_result") => out.push(json!({
+                "role": "tool",
+                "tool_call_id": b.get("tool_use_id"),
+                "content": anthropic_text(b.get("content").unwrap_or(&Value::Null)),
+            })),
+            _ => return Err(refuse("messages", "only text, image, tool_use and tool_result blocks are translated")),
+        }
+    }
+    let only_text = parts.iter().all(|p| p["type"] == "text");
+    let content = if parts.is_empty() {
+        Value::Null
+    } else if only_text {
+        json!(parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n"))
+    } else {
+        Value::Array(parts)
+    };
+    if role == "assistant" {
+        let mut msg = json!({"role": "assistant", "content": content});
+        if !calls.is_empty() {
+            msg["tool_calls"] = Value::Array(calls);
+        }
+        out.push(msg);
+    } else if !content.is_null() {
+        out.push(json!({"role": "user", "content": content}));
+    }
+    Ok(out)
+}
+
+/// The OpenAI Chat Completions request for an Anthropic Messages request, for `model`.
+/// Streams ask for the usage chunk: Anthropic clients always get usage.
+pub fn anthropic_request_to_openai(body: &[u8], model: &str) -> Result<Vec<u8>, BodyError> {
+    let Ok(Value::Object(req)) = serde_json::from_slice::<Value>(body) else {
+        return Err(BodyError {
+            message: "The request body must be a JSON object.".into(),
+            param: None,
+        });
+    };
+    let mut out = Map::new();
+    out.insert("model".into(), json!(model));
+    let mut messages = Vec::new();
+    if let Some(system) = req.get("system") {
+        messages.push(json!({"role": "system", "content": anthropic_text(system)}));
+    }
+    for (name, value) in &req {
+        match name.as_str() {
+            "model" | "weir" | "system" => {}
+            "messages" => {
+                let Some(list) = value.as_array() else {
+                    return Err(refuse("messages", "it must be an array"));
+                };
+                for m in list {
+                    messages.extend(openai_messages(m)?);
+                }
+            }
+            "max_tokens" | "temperature" | "top_p" => {
+                out.insert(name.clone(), value.clone());
+            }
+            "stop_sequences" => {
+                out.insert("stop".into(), value.clone());
+            }
+            "stream" => {
+                out.insert("stream".into(), value.clone());
+                if value.as_bool() == Some(true) {
+                    out.insert("stream_options".into(), json!({"include_usage": true}));
+                }
+            }
+            "metadata" => {
+                if let Some(user) = value.get("user_id") {
+                    out.insert("user".into(), user.clone());
+                }
+            }
+            "tools" => {
+                let Some(list) = value.as_array() else {
+                    return Err(refuse("tools", "it must be an array"));
+                };
+                let tools: Vec<Value> = list
+                    .iter()
+                    .map(|t| {
+                        let mut f = json!({"name": t.get("name"), "parameters": t.get("input_schema").cloned().unwrap_or(json!({"type": "object"}))});
+                        if let Some(d) = t.get("description") {
+                            f["description"] = d.clone();
+                        }
+                        json!({"type": "function", "function": f})
+                    })
+                    .collect();
+                out.insert("tools".into(), Value::Array(tools));
+            }
+            "tool_choice" => {
+                let choice = match value.get("type").and_then(Value::as_str) {
+                    Some("auto") => json!("auto"),
+                    Some("any") => json!("required"),
+                    Some("none") => json!("none"),
+                    Some("tool") => {
+                        json!({"type": "function", "function": {"name": value.get("name")}})
+                    }
+                    _ => return Err(refuse("tool_choice", "use auto, any, none or tool")),
+                };
+                if value
+                    .get("disable_parallel_tool_use")
+                    .and_then(Value::as_bool)
+                    == Some(true)
+                {
+                    out.insert("parallel_tool_calls".into(), json!(false));
+                }
+                out.insert("tool_choice".into(), choice);
+            }
+            "top_k" => return Err(refuse("top_k", "OpenAI has no top_k")),
+            "thinking" => {
+                return Err(refuse(
+                    "thinking",
+                    "extended thinking has no OpenAI Chat Completions equivalent",
+                ))
+            }
+            other => {
+                return Err(BodyError {
+                    message: format!(
+                        "The `{other}` parameter cannot be sent to this model's provider."
+                    ),
+                    param: None,
+                })
+            }
+        }
+    }
+    out.insert("messages".into(), Value::Array(messages));
+    serde_json::to_vec(&Value::Object(out)).map_err(|_| BodyError {
+        message: "The request could not be translated.".into(),
+        param: None,
+    })
+}
+
+/// OpenAI `finish_reason` → Anthropic `stop_reason`.
+pub fn stop_reason(finish: Option<&str>) -> Value {
+    match finish {
+        None => Value::Null,
+        Some("length") => json!("max_tokens"),
+        Some("tool_calls") | Some("function_call") => json!("tool_use"),
+        Some("content_filter") => json!("refusal"),
+        Some(_) => json!("end_turn"),
+    }
+}
+
+fn anthropic_usage(u: &Value) -> Value {
+    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let cached = u
+        .pointer("/prompt_tokens_details/cached_tokens")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    json!({
+        "input_tokens": n("prompt_tokens").saturating_sub(cached),
+        "cache_read_input_tokens": cached,
+        "cache_creation_input_tokens": 0,
+        "output_tokens": n("completion_tokens"),
+    })
+}
+
+/// A buffered OpenAI response (a completion, or an error) in Anthropic's shape.
+pub fn openai_response_to_anthropic(body: &[u8]) -> Vec<u8> {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return body.to_vec();
+    };
+    let out = if let Some(e) = v.get("error") {
+        let code = e.get("type").and_then(Value::as_str).unwrap_or("");
+        json!({"type": "error", "error": {
+            "type": match code {
+                "server_error" => "api_error",
+                "rate_limit_exceeded" | "rate_limit_error" => "rate_limit_error",
+                _ => "invalid_request_error",
+            },
+            "message": e.get("message").and_then(Value::as_str).unwrap_or(""),
+        }})
+    } else {
+        let choice = &v["choices"][0];
+        let message = &choice["message"];
+        let mut content = Vec::new();
+        if let Some(text) = message
+            .get("content")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+        {
+            content.push(json!({"type": "text", "text": text}));
+        }
+        for call in message
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let arguments = call
+                .pointer("/function/arguments")
+                .and_then(Value::as_str)
+                .unwrap_or("{}");
+            content.push(json!({
+                "type": "tool_use",
+                "id": call.get("id"),
+                "name": call.pointer("/function/name"),
+                "input": serde_json::from_str::<Value>(arguments).unwrap_or(json!({})),
+            }));
+        }
+        json!({
+            "id": format!("msg_{}", v.get("id").and_then(Value::as_str).unwrap_or("weir")),
+            "type": "message",
+            "role": "assistant",
+            "model": v.get("model"),
+            "content": content,
+            "stop_reason": stop_reason(choice.get("finish_reason").and_then(Value::as_str)),
+            "stop_sequence": null,
+            "usage": anthropic_usage(v.get("usage").unwrap_or(&Value::Null)),
+        })
+    };
+    serde_json::to_vec(&out).unwrap_or_default()
+}
+
+/// Turns an OpenAI chunk stream into Anthropic events as it arrives.
+#[derive(Debug, Default)]
+pub struct OpenAiToAnthropicStream {
+    parser: SseParser,
+    started: bool,
+    /// The open content block: its index and whether it is text.
+    open: Option<(u64, bool)>,
+    next_index: u64,
+    /// OpenAI tool call index → Anthropic block index.
+    tools: std::collections::HashMap<u64, u64>,
+    stop: Value,
+    usage: Value,
+    done: bool,
+}
+
+fn event(name: &str, data: Value) -> String {
+    format!("event: {name}\ndata: {data}\n\n")
+}
+
+impl OpenAiToAnthropicStream {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn close_block(&mut self, out: &mut String) {
+        if let Some((index, _)) = self.open.take() {
+            out.push_str(&event(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": index}),
+            ));
+        }
+    }
+
+    fn finish(&mut self, out: &mut String) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        self.close_block(out);
+        out.push_str(&event(
+            "message_delta",
+            json!({"type": "message_delta", "delta": {"stop_reason": self.stop, "stop_sequence": null},
+                   // Input tokens are only known at the end of an OpenAI stream.
+                   "usage": if self.usage.is_object() { self.usage.clone() } else { json!({"output_tokens": 0}) }}),
+        ));
+        out.push_str(&event("message_stop", json!({"type": "message_stop"})));
+    }
+
+    /// The Anthropic bytes for this piece of the OpenAI stream (possibly none yet).
+    pub fn feed(&mut self, chunk: &[u8]) -> Vec<u8> {
+        let mut datas = Vec::new();
+        self.parser
+            .feed(chunk, &mut |e| datas.push(e.data.to_vec()));
+        let mut out = String::new();
+        for data in datas {
+            if data == b"[DONE]" {
+                self.finish(&mut out);
+                continue;
+            }
+            let Ok(v) = serde_json::from_slice::<Value>(&data) else {
+                continue;
+            };
+            if !self.started {
+                self.started = true;
+                out.push_str(&event(
+                    "message_start",
+                    json!({"type": "message_start", "message": {
+                    "id": format!("msg_{}", v.get("id").and_then(Value::as_str).unwrap_or("weir")),
+                    "type": "message", "role": "assistant", "model": v.get("model"), "content": [],
+                    "stop_reason": null, "stop_sequence": null,
+                    "usage": {"input_tokens": 0, "output_tokens": 0}}}),
+                ));
+            }
+            if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+                self.usage = anthropic_usage(u);
+            }
+            let Some(choice) = v.pointer("/choices/0") else {
+                continue;
+            };
+            if let Some(text) = choice
+                .pointer("/delta/content")
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
+            {
+                if !matches!(self.open, Some((_, true))) {
+                    self.close_block(&mut out);
+                    let index = self.next_index;
+                    self.next_index += 1;
+                    self.open = Some((index, true));
+                    out.push_str(&event(
+                        "content_block_start",
+                        json!({"type": "content_block_start", "index": index,
+                        "content_block": {"type": "text", "text": ""}}),
+                    ));
+                }
+                let index = self.open.map(|(i, _)| i).unwrap_or(0);
+                out.push_str(&event(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": index,
+                    "delta": {"type": "text_delta", "text": text}}),
+                ));
+            }
+            for call in choice
+                .pointer("/delta/tool_calls")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let tool = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+                if let Some(id) = call.get("id").filter(|i| i.is_string()) {
+                    self.close_block(&mut out);
+                    let index = self.next_index;
+                    self.next_index += 1;
+                    self.open = Some((index, false));
+                    self.tools.insert(tool, index);
+                    out.push_str(&event("content_block_start", json!({"type": "content_block_start", "index": index,
+                        "content_block": {"type": "tool_use", "id": id, "name": call.pointer("/function/name"), "input": {}}})));
+                }
+                if let Some(args) = call
+                    .pointer("/function/arguments")
+                    .and_then(Value::as_str)
+                    .filter(|a| !a.is_empty())
+                {
+                    let index = self.tools.get(&tool).copied().unwrap_or(0);
+                    out.push_str(&event(
+                        "content_block_delta",
+                        json!({"type": "content_block_delta", "index": index,
+                        "delta": {"type": "input_json_delta", "partial_json": args}}),
+                    ));
+                }
+            }
+            if let Some(finish) = choice.get("finish_reason").and_then(Value::as_str) {
+                self.stop = stop_reason(Some(finish));
+            }
+        }
+        out.into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod reverse_tests {
+    use super::*;
+
+    #[test]
+    fn request_with_system_tools_results_and_images() {
+        let req = json!({
+            "model": "fast", "max_tokens": 300, "system": [{"type": "text", "text": "Be brief."}],
+            "temperature": 0.5, "stop_sequences": ["END"], "stream": true, "metadata": {"user_id": "u1"},
+            "tools": [{"name": "weather", "description": "Weather", "input_schema": {"type": "object"}}],
+            "tool_choice": {"type": "any", "disable_parallel_tool_use": true},
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "Look"}, {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "AAA"}}]},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"city": "Oslo"}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "cold"}]}
+            ]
+        });
+        let out: Value = serde_json::from_slice(
+            &anthropic_request_to_openai(req.to_string().as_bytes(), "gpt-4o-mini").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(out["model"], "gpt-4o-mini");
+        let m = &out["messages"];
+        assert_eq!(m[0], json!({"role": "system", "content": "Be brief."}));
+        assert_eq!(
+            m[1]["content"][1],
+            json!({"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,AAA"}})
+        );
+        assert_eq!(m[2]["tool_calls"][0]["function"]["name"], "weather");
+        assert_eq!(
+            serde_json::from_str::<Value>(
+                m[2]["tool_calls"][0]["function"]["arguments"]
+                    .as_str()
+                    .unwrap()
+            )
+            .unwrap(),
+            json!({"city": "Oslo"})
+        );
+        assert_eq!(
+            m[3],
+            json!({"role": "tool", "tool_call_id": "toolu_1", "content": "cold"})
+        );
+        assert_eq!(
+            (out["stop"].clone(), out["user"].clone()),
+            (json!(["END"]), json!("u1"))
+        );
+        assert_eq!(out["stream_options"], json!({"include_usage": true}));
+        assert_eq!(
+            out["tools"][0]["function"]["parameters"],
+            json!({"type": "object"})
+        );
+        assert_eq!(
+            (
+                out["tool_choice"].clone(),
+                out["parallel_tool_calls"].clone()
+            ),
+            (json!("required"), json!(false))
+        );
+        let e = anthropic_request_to_openai(
+            br#"{"model":"m","max_tokens":5,"top_k":3,"messages":[]}"#,
+            "x",
+        )
+        .unwrap_err();
+        assert_eq!(e.param, Some("top_k"));
+    }
+
+    #[test]
+    fn responses_and_errors() {
+        let oa = json!({"id": "chatcmpl-1", "model": "gpt-4o-mini", "choices": [{"index": 0, "finish_reason": "tool_calls",
+            "message": {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+            "function": {"name": "weather", "arguments": "{\"city\":\"Oslo\"}"}}]}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14, "prompt_tokens_details": {"cached_tokens": 2}}});
+        let out: Value =
+            serde_json::from_slice(&openai_response_to_anthropic(oa.to_string().as_bytes()))
+                .unwrap();
+        assert_eq!(out["type"], "message");
+        assert_eq!(
+            out["content"][0],
+            json!({"type": "tool_use", "id": "call_1", "name": "weather", "input": {"city": "Oslo"}})
+        );
+        assert_eq!(out["stop_reason"], "tool_use");
+        assert_eq!(
+            out["usage"],
+            json!({"input_tokens": 8, "cache_read_input_tokens": 2, "cache_creation_input_tokens": 0, "output_tokens": 4})
+        );
+        let err = json!({"error": {"message": "slow down", "type": "rate_limit_exceeded", "param": null, "code": null}});
+        let out: Value =
+            serde_json::from_slice(&openai_response_to_anthropic(err.to_string().as_bytes()))
+                .unwrap();
+        assert_eq!(
+            out,
+            json!({"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}})
+        );
+    }
+
+    #[test]
+    fn stream_text_and_tool_deltas() {
+        let c = |delta: Value, finish: Value| {
+            format!(
+                "data: {}\n\n",
+                json!({"id": "c1", "model": "gpt-4o-mini", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+            )
+        };
+        let stream = [
+            c(json!({"role": "assistant", "content": ""}), Value::Null),
+            c(json!({"content": "Hel"}), Value::Null),
+            c(json!({"content": "lo"}), Value::Null),
+            c(json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "weather", "arguments": ""}}]}), Value::Null),
+            c(json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\":"}}]}), Value::Null),
+            c(json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"Oslo\"}"}}]}), Value::Null),
+            c(json!({}), json!("tool_calls")),
+            format!("data: {}\n\n", json!({"id": "c1", "model": "gpt-4o-mini", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 9}})),
+            "data: [DONE]\n\n".to_string(),
+        ]
+        .concat();
+        let mut whole = OpenAiToAnthropicStream::new();
+        let all = String::from_utf8(whole.feed(stream.as_bytes())).unwrap();
+        let mut split = OpenAiToAnthropicStream::new();
+        let mut parts = Vec::new();
+        for b in stream.as_bytes().chunks(7) {
+            parts.extend(split.feed(b));
+        }
+        assert_eq!(String::from_utf8(parts).unwrap(), all);
+        let events: Vec<Value> = all
+            .split("\n\n")
+            .filter_map(|e| e.split("data: ").nth(1))
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        assert_eq!(events[5]["content_block"]["name"], "weather");
+        assert_eq!(events[5]["index"], 1);
+        assert_eq!(events[9]["delta"]["stop_reason"], "tool_use");
+        assert_eq!(events[9]["usage"]["output_tokens"], 9);
+    }
+}
+
+/// A stream being translated for the client, in whichever direction.
+#[derive(Debug)]
+pub enum StreamTranslation {
+    /// Anthropic events for an OpenAI client.
+    ToOpenAi(AnthropicToOpenAiStream),
+    /// OpenAI chunks for an Anthropic client.
+    ToAnthropic(OpenAiToAnthropicStream),
+}
+
+impl StreamTranslation {
+    pub fn feed(&mut self, chunk: &[u8]) -> Vec<u8> {
+        match self {
+            StreamTranslation::ToOpenAi(t) => t.feed(chunk),
+            StreamTranslation::ToAnthropic(t) => t.feed(chunk),
+        }
+    }
+}

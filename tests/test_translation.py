@@ -1,9 +1,11 @@
-"""An OpenAI SDK client served by an Anthropic model: Weir translates the request, the
-response and the stream (event by event), and errors, through the real Envoy."""
+"""Clients served by a model of the other API — the OpenAI SDK on an Anthropic model, the
+Anthropic SDK on an OpenAI model: Weir translates the request, the response and the stream
+(event by event), and errors, through the real Envoy."""
 from __future__ import annotations
 
 import json
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -12,6 +14,7 @@ import devstack
 from conftest import DEMO_KEY, Running
 
 CLAUDE = "claude-sonnet-4-5"
+GPT = "gpt-4o-mini"
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +25,10 @@ def tr(built, tmp_path_factory) -> Running:
 [tiers.claude]
 description = "Claude, for OpenAI clients too"
 targets = [{{ provider = "anthropic", model = "{CLAUDE}" }}]
+
+[tiers.gpt]
+description = "GPT, for Anthropic clients too"
+targets = [{{ provider = "openai", model = "{GPT}" }}]
 ''')
     stack = devstack.Stack(workdir / "stack", config=config)
     stack.start()
@@ -190,3 +197,81 @@ def test_concrete_anthropic_model_for_an_openai_client(tr):
     completion = client(tr).chat.completions.create(model="anthropic/claude-haiku-4-5",
                                                     messages=[{"role": "user", "content": "hi"}])
     assert completion.model == "claude-haiku-4-5"
+
+
+# ---- The Anthropic SDK on an OpenAI model ----------------------------------------------------
+
+
+def claude_client(tr: Running) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=tr.url, api_key=DEMO_KEY, max_retries=0)
+
+
+def test_anthropic_sdk_on_an_openai_model(tr, rid):
+    message = claude_client(tr).messages.create(
+        model="gpt", max_tokens=100, system="Answer briefly.",
+        messages=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                  {"role": "user", "content": "What is Weir"}],
+        extra_headers={"x-weir-request-id": rid})
+    assert message.type == "message" and message.model == GPT
+    assert message.content[0].text == f"Mock reply from {GPT}: What is Weir"
+    assert message.stop_reason == "end_turn"
+    [received] = tr.received(rid)
+    assert (received["listener"], received["path"]) == ("openai", "/v1/chat/completions")
+    assert received["headers"]["authorization"] == "Bearer mock-openai-credential"
+    assert "x-api-key" not in received["headers"] and "anthropic-version" not in received["headers"]
+    sent = json.loads(received["body"])
+    assert sent["messages"][0] == {"role": "system", "content": "Answer briefly."}
+    assert [m["role"] for m in sent["messages"]] == ["system", "user", "assistant", "user"]
+    record = tr.audit(rid)
+    assert record["usage"]["completion_tokens"] == message.usage.output_tokens
+    assert (record["provider"], record["served_model"]) == ("openai", GPT)
+    assert claude_client(tr).messages.create(model="gpt", max_tokens=2, messages=[{"role": "user", "content": "a b c"}]).stop_reason == "max_tokens"
+
+
+def test_anthropic_sdk_streaming_on_an_openai_model(tr, rid):
+    with claude_client(tr).messages.stream(model="gpt", max_tokens=100, messages=[{"role": "user", "content": "Stream it"}],
+                                           extra_headers={"x-weir-request-id": rid}) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == f"Mock reply from {GPT}: Stream it"
+    assert final.stop_reason == "end_turn" and final.usage.output_tokens > 0
+    [received] = tr.received(rid)
+    assert json.loads(received["body"])["stream_options"] == {"include_usage": True}
+    assert tr.audit(rid)["usage"]["completion_tokens"] == final.usage.output_tokens
+
+
+CLAUDE_TOOLS = [{"name": "lookup_order", "description": "Find an order",
+                 "input_schema": {"type": "object", "properties": {"query": {"type": "string"}}}}]
+
+
+def test_anthropic_sdk_tool_round_trip_on_an_openai_model(tr):
+    c = claude_client(tr)
+    messages = [{"role": "user", "content": "Where is order 9?"}]
+    first = c.messages.create(model="gpt", max_tokens=100, tools=CLAUDE_TOOLS, messages=messages)
+    assert first.stop_reason == "tool_use"
+    [use] = [b for b in first.content if b.type == "tool_use"]
+    assert use.name == "lookup_order" and use.input == {"query": "Where is order 9?"}
+    messages += [{"role": "assistant", "content": [b.model_dump() for b in first.content]},
+                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "Delivered"}]}]
+    second = c.messages.create(model="gpt", max_tokens=100, tools=CLAUDE_TOOLS, messages=messages)
+    assert second.stop_reason == "end_turn"
+    assert second.content[0].text == f"Mock reply from {GPT}: Delivered"
+    with c.messages.stream(model="gpt", max_tokens=100, tools=CLAUDE_TOOLS,
+                           messages=[{"role": "user", "content": "Order 3?"}]) as stream:
+        final = stream.get_final_message()
+    [use] = [b for b in final.content if b.type == "tool_use"]
+    assert use.input == {"query": "Order 3?"} and final.stop_reason == "tool_use"
+
+
+def test_anthropic_sdk_errors_and_refusals_on_an_openai_model(tr):
+    c = claude_client(tr)
+    with pytest.raises(anthropic.InternalServerError) as raised:
+        c.messages.create(model="gpt", max_tokens=5, messages=[{"role": "user", "content": "x"}],
+                          extra_headers={"x-mock-status": "500"})
+    assert raised.value.body["type"] == "error" and raised.value.body["error"]["type"] == "api_error"
+    with pytest.raises(anthropic.RateLimitError):
+        c.messages.create(model="gpt", max_tokens=5, messages=[{"role": "user", "content": "x"}],
+                          extra_headers={"x-mock-status": "429"})
+    with pytest.raises(anthropic.BadRequestError) as raised:
+        c.messages.create(model="gpt", max_tokens=5, messages=[{"role": "user", "content": "x"}], extra_body={"top_k": 3})
+    assert "top_k" in raised.value.body["error"]["message"]

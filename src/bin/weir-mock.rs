@@ -471,7 +471,11 @@ impl Reply {
             let text = content_text(m.get("content").unwrap_or(&Value::Null));
             // Like the real APIs: a few tokens of overhead per message plus its words.
             prompt_tokens += 4 + word_count(&text);
-            if m.get("role").and_then(Value::as_str) == Some("user") {
+            // A tool's answer (OpenAI's `tool` message) is what the reply talks about.
+            if matches!(
+                m.get("role").and_then(Value::as_str),
+                Some("user") | Some("tool")
+            ) {
                 last_user = text;
             }
         }
@@ -495,15 +499,24 @@ impl Reply {
             Api::Anthropic => format!("msg_mock{n}"),
         };
         let answered = messages.last().is_some_and(|m| {
-            m["content"]
-                .as_array()
-                .is_some_and(|b| b.iter().any(|x| x["type"] == "tool_result"))
+            m["role"] == "tool"
+                || m["content"]
+                    .as_array()
+                    .is_some_and(|b| b.iter().any(|x| x["type"] == "tool_result"))
         });
-        let tool_call = match (api, request.get("tools").and_then(Value::as_array)) {
-            (Api::Anthropic, Some(tools)) if !tools.is_empty() && !answered => Some((
-                tools[0]["name"].as_str().unwrap_or("tool").to_string(),
-                json!({"query": last_user.chars().take(100).collect::<String>()}),
-            )),
+        // With tools offered and no tool answer yet, call the first tool (both APIs).
+        let tool_call = match request.get("tools").and_then(Value::as_array) {
+            Some(tools) if !tools.is_empty() && !answered => {
+                let name = tools[0]
+                    .get("name")
+                    .or_else(|| tools[0].pointer("/function/name"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("tool");
+                Some((
+                    name.to_string(),
+                    json!({"query": last_user.chars().take(100).collect::<String>()}),
+                ))
+            }
             _ => None,
         };
         Reply {
@@ -541,12 +554,28 @@ impl Reply {
         })
     }
 
+    fn openai_finish(&self) -> &'static str {
+        if self.tool_call.is_some() {
+            "tool_calls"
+        } else if self.truncated {
+            "length"
+        } else {
+            "stop"
+        }
+    }
+
     fn openai_json(&self) -> Value {
+        let message = match &self.tool_call {
+            Some((name, input)) => {
+                json!({"role": "assistant", "content": null, "refusal": null, "tool_calls": [
+                {"id": format!("call_{}", self.id), "type": "function", "function": {"name": name, "arguments": input.to_string()}}]})
+            }
+            None => json!({"role": "assistant", "content": self.text(), "refusal": null}),
+        };
         json!({
             "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
             "system_fingerprint": "fp_mock",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": self.text(), "refusal": null},
-                         "logprobs": null, "finish_reason": if self.truncated { "length" } else { "stop" }}],
+            "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": self.openai_finish()}],
             "usage": self.openai_usage(),
         })
     }
@@ -570,14 +599,34 @@ impl Reply {
             Value::Null,
             include_usage,
         )];
-        for w in &self.words {
-            events.push(self.openai_chunk(json!({"content": w}), Value::Null, include_usage));
+        if let Some((name, input)) = &self.tool_call {
+            // The call's id and name first, then its arguments in fragments, like the real API.
+            let call = json!({"index": 0, "id": format!("call_{}", self.id), "type": "function",
+                              "function": {"name": name, "arguments": ""}});
+            events.push(self.openai_chunk(
+                json!({"tool_calls": [call]}),
+                Value::Null,
+                include_usage,
+            ));
+            let text = input.to_string();
+            let mid = (0..=text.len() / 2)
+                .rev()
+                .find(|i| text.is_char_boundary(*i))
+                .unwrap_or(0);
+            for part in [&text[..mid], &text[mid..]] {
+                let call = json!({"index": 0, "function": {"arguments": part}});
+                events.push(self.openai_chunk(
+                    json!({"tool_calls": [call]}),
+                    Value::Null,
+                    include_usage,
+                ));
+            }
+        } else {
+            for w in &self.words {
+                events.push(self.openai_chunk(json!({"content": w}), Value::Null, include_usage));
+            }
         }
-        events.push(self.openai_chunk(
-            json!({}),
-            json!(if self.truncated { "length" } else { "stop" }),
-            include_usage,
-        ));
+        events.push(self.openai_chunk(json!({}), json!(self.openai_finish()), include_usage));
         if include_usage {
             let chunk = json!({
                 "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,

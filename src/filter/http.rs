@@ -31,7 +31,7 @@ use crate::routing::{
     failover_header, failover_target, printable, route, Failover, FAILOVER_HEADER,
 };
 use crate::scopes::Scopes;
-use crate::translate::{self, AnthropicToOpenAiStream};
+use crate::translate::{self, AnthropicToOpenAiStream, OpenAiToAnthropicStream, StreamTranslation};
 use crate::usage::Usage;
 
 /// Headers never shown to policies.
@@ -131,7 +131,7 @@ pub struct WeirHttp {
     translating: Option<bool>,
     /// The API of the provider serving the request (responses are metered in it).
     provider_api: Api,
-    stream_translator: Option<AnthropicToOpenAiStream>,
+    stream_translator: Option<StreamTranslation>,
 }
 
 impl WeirHttp {
@@ -620,7 +620,7 @@ impl WeirHttp {
         Ok(Action::Continue)
     }
 
-    /// Sends an OpenAI request to an Anthropic target: the body translated, the path,
+    /// Sends a request to a target of the other API: the body translated, the path,
     /// version and credential of the provider.
     fn forward_translated(
         &mut self,
@@ -636,10 +636,19 @@ impl WeirHttp {
             .and_then(|f| serde_json::from_str::<serde_json::Value>(f.text()).ok())
             .and_then(|v| v.get("include_usage").and_then(|u| u.as_bool()))
             .unwrap_or(false);
-        let translated =
-            translate::openai_request_to_anthropic(body, &plan.target.model).map_err(|e| {
-                self.reject(GatewayError::new(ErrorKind::BadRequest, e.message).with_param(e.param))
-            })?;
+        let (translated, path) = match self.api {
+            Api::Openai => (
+                translate::openai_request_to_anthropic(body, &plan.target.model),
+                "/v1/messages",
+            ),
+            Api::Anthropic => (
+                translate::anthropic_request_to_openai(body, &plan.target.model),
+                "/v1/chat/completions",
+            ),
+        };
+        let translated = translated.map_err(|e| {
+            self.reject(GatewayError::new(ErrorKind::BadRequest, e.message).with_param(e.param))
+        })?;
         let translated = match plan.max_tokens {
             // A policy's cap applies to the translated request too.
             Some(cap) => match serde_json::from_slice::<serde_json::Value>(&translated) {
@@ -657,7 +666,7 @@ impl WeirHttp {
         let Some(provider) = gateway.providers.get(plan.target.provider) else {
             return Err(self.internal("finding the provider", 0));
         };
-        host::set_header(REQUEST_HEADERS, ":path", "/v1/messages")
+        host::set_header(REQUEST_HEADERS, ":path", path)
             .map_err(|s| self.internal("setting the path", s))?;
         host::set_header(
             REQUEST_HEADERS,
@@ -673,11 +682,14 @@ impl WeirHttp {
             host::set_header(REQUEST_HEADERS, name, &value.0)
                 .map_err(|s| self.internal("setting the provider credential", s))?;
         }
-        host::set_header(
-            REQUEST_HEADERS,
-            "anthropic-version",
-            &provider.anthropic_version,
-        )
+        match provider.api {
+            Api::Anthropic => host::set_header(
+                REQUEST_HEADERS,
+                "anthropic-version",
+                &provider.anthropic_version,
+            ),
+            Api::Openai => host::remove_header(REQUEST_HEADERS, "anthropic-version"),
+        }
         .map_err(|s| self.internal("setting anthropic-version", s))?;
         host::set_header(REQUEST_HEADERS, REQUEST_ID_HEADER, &self.record.request_id)
             .map_err(|s| self.internal("setting the request id", s))?;
@@ -1289,13 +1301,16 @@ impl WeirHttp {
         }
         let out = match &mut self.stream_translator {
             Some(t) => t.feed(&body),
-            None => {
-                let created = host::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
-                translate::anthropic_response_to_openai(&body, created)
-            }
+            None => match self.api {
+                Api::Openai => {
+                    let created = host::now()
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0);
+                    translate::anthropic_response_to_openai(&body, created)
+                }
+                Api::Anthropic => translate::openai_response_to_anthropic(&body),
+            },
         };
         if let Err(s) = host::set_buffer(RESPONSE_BODY, 0, body_size, &out) {
             log::warn!("weir: could not translate the response (host status {s})");
@@ -1450,7 +1465,15 @@ impl HttpContext for WeirHttp {
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
             if streaming {
-                self.stream_translator = Some(AnthropicToOpenAiStream::new(created, include_usage));
+                self.stream_translator = Some(match self.api {
+                    Api::Openai => StreamTranslation::ToOpenAi(AnthropicToOpenAiStream::new(
+                        created,
+                        include_usage,
+                    )),
+                    Api::Anthropic => {
+                        StreamTranslation::ToAnthropic(OpenAiToAnthropicStream::new())
+                    }
+                });
             }
             if let Err(s) = host::remove_header(RESPONSE_HEADERS, "content-length") {
                 log::warn!("weir: could not remove the response content-length (host status {s})");
