@@ -499,22 +499,18 @@ impl Config {
                 }
             }
             if t.failover {
-                // Each retry moves to the next cluster of the tier's failover cluster, so the
-                // targets of one API must be on distinct clusters.
-                for api in [Api::Openai, Api::Anthropic] {
-                    let mut seen = std::collections::HashSet::new();
-                    for x in &t.targets {
-                        let Some(p) = self.providers.get(&x.provider) else {
-                            continue;
-                        };
-                        if p.api == api
-                            && !seen.insert(x.cluster.clone().unwrap_or_else(|| p.cluster.clone()))
-                        {
-                            return Err(err(
-                                format!("{path}.targets"),
-                                "failover needs each target of one API on its own cluster",
-                            ));
-                        }
+                // Each retry moves to the next cluster of the tier's failover cluster, and a
+                // client's attempts span every target: each target needs its own cluster.
+                let mut seen = std::collections::HashSet::new();
+                for x in &t.targets {
+                    let Some(p) = self.providers.get(&x.provider) else {
+                        continue;
+                    };
+                    if !seen.insert(x.cluster.clone().unwrap_or_else(|| p.cluster.clone())) {
+                        return Err(err(
+                            format!("{path}.targets"),
+                            "failover needs each target on its own cluster",
+                        ));
                     }
                 }
             }

@@ -117,14 +117,14 @@ pub fn route<'g>(
             })
             .collect()
     };
-    let mut candidates = of_api(api);
-    let translated = candidates.is_empty();
-    if translated {
-        candidates = of_api(match api {
-            Api::Openai => Api::Anthropic,
-            Api::Anthropic => Api::Openai,
-        });
-    }
+    let other_api = match api {
+        Api::Openai => Api::Anthropic,
+        Api::Anthropic => Api::Openai,
+    };
+    let (candidates, rest) = match of_api(api) {
+        same if same.is_empty() => (of_api(other_api), Vec::new()),
+        same => (same, of_api(other_api)),
+    };
     let only: Vec<&Target> = candidates.iter().map(|(_, t)| *t).collect();
     if let Some(target) = pick(&only, request_id) {
         if let Some(provider) = gateway.providers.get(target.provider) {
@@ -132,18 +132,19 @@ pub fn route<'g>(
                 .iter()
                 .position(|t| std::ptr::eq(*t, target))
                 .unwrap_or(0);
-            let failover = (tier.failover && candidates.len() > 1 && !translated).then(|| {
-                let mut order = vec![candidates[first].0];
-                order.extend(
-                    candidates
-                        .iter()
-                        .map(|(i, _)| *i)
-                        .filter(|i| *i != candidates[first].0),
-                );
-                Failover {
-                    order,
-                    cluster: failover_cluster(&tier.name, api, first),
-                }
+            // Attempt order: the chosen target, the client's API's other targets, then the
+            // other API's (translated).
+            let mut order = vec![candidates[first].0];
+            order.extend(
+                candidates
+                    .iter()
+                    .map(|(i, _)| *i)
+                    .filter(|i| *i != candidates[first].0),
+            );
+            order.extend(rest.iter().map(|(i, _)| *i));
+            let failover = (tier.failover && order.len() > 1).then(|| Failover {
+                order,
+                cluster: failover_cluster(&tier.name, api, first),
             });
             return Ok(Route {
                 tier: Some(&tier.name),
@@ -308,20 +309,22 @@ mod tests {
         let r = route(&g, Api::Openai, "t", &all(), "r").unwrap();
         assert_eq!(r.target.model, "m2");
         let f = r.failover.unwrap();
-        assert_eq!(f.order, vec![2, 0]);
+        assert_eq!(f.order, vec![2, 0, 1]);
         assert_eq!(f.cluster, "weir-failover.t.openai.1");
         let h = failover_header("t", &f.order);
-        assert_eq!(h, "t;2,0");
+        assert_eq!(h, "t;2,0,1");
         assert_eq!(failover_target(&h, 1), Some(("t", 2)));
         assert_eq!(failover_target(&h, 2), Some(("t", 0)));
-        assert_eq!(failover_target(&h, 3), Some(("t", 2)));
+        assert_eq!(failover_target(&h, 4), Some(("t", 2)));
         assert_eq!(failover_target("t;", 1), None);
         assert_eq!(failover_target("garbage", 1), None);
-        // Anthropic clients have a single target: no failover.
-        assert!(route(&g, Api::Anthropic, "t", &all(), "r")
+        // Anthropic clients start with their own target, then the OpenAI ones (translated).
+        let f = route(&g, Api::Anthropic, "t", &all(), "r")
             .unwrap()
             .failover
-            .is_none());
+            .unwrap();
+        assert_eq!(f.order, vec![1, 0, 2]);
+        assert_eq!(f.cluster, "weir-failover.t.anthropic.0");
     }
 
     #[test]

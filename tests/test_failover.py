@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -38,6 +39,13 @@ failover = true
 targets = [
   {{ provider = "openai", model = "gpt-4.1-mini" }},
   {{ provider = "local", model = "{LLAMA}", weight = 0 }},
+]
+
+[tiers.cross]
+failover = true
+targets = [
+  {{ provider = "openai", model = "gpt-4.1-mini" }},
+  {{ provider = "anthropic", model = "claude-sonnet-4-5" }},
 ]
 
 [tiers.down-first]
@@ -140,3 +148,47 @@ targets = [{ provider = "openai", model = "gpt-4.1-mini" }, { provider = "local"
         assert result.returncode == 0, result.stdout + result.stderr
     finally:
         stack.stop()
+
+
+# ---- Failover across formats -------------------------------------------------------------------
+
+
+def test_openai_client_fails_over_to_an_anthropic_model(fo, rid):
+    response = post(fo, "cross", rid, {"x-mock-status": "503", "x-mock-status-on": "openai"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["object"] == "chat.completion" and body["model"] == "claude-sonnet-4-5"
+    assert body["choices"][0]["message"]["content"] == "Mock reply from claude-sonnet-4-5: fail over"
+    first, second = fo.received(rid)
+    assert (first["listener"], first["path"]) == ("openai", "/v1/chat/completions")
+    assert (second["listener"], second["path"]) == ("anthropic", "/v1/messages")
+    assert second["headers"]["x-api-key"] == "mock-anthropic-credential" and "authorization" not in second["headers"]
+    sent = json.loads(second["body"])
+    assert sent["model"] == "claude-sonnet-4-5" and sent["messages"] == [{"role": "user", "content": [{"type": "text", "text": "fail over"}]}]
+    record = fo.audit(rid)
+    assert (record["provider"], record["served_model"], record["attempts"]) == ("anthropic", "claude-sonnet-4-5", 2)
+    assert record["usage"]["completion_tokens"] > 0
+
+
+def test_streamed_failover_across_formats(fo, rid):
+    client = openai.OpenAI(base_url=fo.url + "/v1", api_key=DEMO_KEY, max_retries=0)
+    chunks = list(client.chat.completions.create(
+        model="cross", messages=MESSAGES, stream=True,
+        extra_headers={"x-weir-request-id": rid, "x-mock-status": "500", "x-mock-status-on": "openai"}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Mock reply from claude-sonnet-4-5: fail over"
+    assert all(c.usage is None for c in chunks)  # the client did not ask for usage
+    assert fo.audit(rid)["served_model"] == "claude-sonnet-4-5"
+
+
+def test_anthropic_client_fails_over_to_an_openai_model(fo, rid):
+    client = anthropic.Anthropic(base_url=fo.url, api_key=DEMO_KEY, max_retries=0)
+    message = client.messages.create(model="cross", max_tokens=50, messages=MESSAGES,
+                                     extra_headers={"x-weir-request-id": rid, "x-mock-status": "503",
+                                                    "x-mock-status-on": "anthropic"})
+    assert message.type == "message" and message.model == "gpt-4.1-mini"
+    assert message.content[0].text == "Mock reply from gpt-4.1-mini: fail over"
+    first, second = fo.received(rid)
+    assert (first["listener"], second["listener"], second["path"]) == ("anthropic", "openai", "/v1/chat/completions")
+    assert second["headers"]["authorization"] == "Bearer mock-openai-credential"
+    record = fo.audit(rid)
+    assert (record["provider"], record["attempts"]) == ("openai", 2)

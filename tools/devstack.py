@@ -157,13 +157,17 @@ def failover_clusters(config: dict, upstream_filter: Path) -> list[str]:
     for tier, spec in sorted(config.get("tiers", {}).items()):
         if not spec.get("failover"):
             continue
+        cluster = lambda t: t.get("cluster") or providers[t["provider"]]["cluster"]  # noqa: E731
         for api in ("openai", "anthropic"):
-            targets = [t for t in spec["targets"] if providers.get(t["provider"], {}).get("api") == api]
-            if len(targets) < 2:
+            # Weir's order: the chosen target, the client's API's others, then the other
+            # API's targets (translated); with none of the client's API, the other's only.
+            same = [cluster(t) for t in spec["targets"] if providers.get(t["provider"], {}).get("api") == api]
+            other = [cluster(t) for t in spec["targets"] if providers.get(t["provider"], {}).get("api") != api]
+            candidates, rest = (same, other) if same else (other, [])
+            if len(candidates) + len(rest) < 2:
                 continue
-            clusters = [t.get("cluster") or providers[t["provider"]]["cluster"] for t in targets]
-            for first in range(len(targets)):
-                order = [clusters[first]] + [c for i, c in enumerate(clusters) if i != first]
+            for first in range(len(candidates)):
+                order = [candidates[first]] + [c for i, c in enumerate(candidates) if i != first] + rest
                 name = f"weir-failover.{tier}.{api}.{first}"
                 out.append(f"""  - name: {name}
     connect_timeout: 5s

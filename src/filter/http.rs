@@ -127,8 +127,10 @@ pub struct WeirHttp {
     /// For the `x-ratelimit-*` headers.
     headroom: (Option<Headroom>, Option<Headroom>),
     run_counted: bool,
-    /// The request was translated for a provider of another API: `Some(include_usage)`.
+    /// The response is translated back to the client's API: `Some(client's include_usage)`.
     translating: Option<bool>,
+    /// The client asked for the usage chunk itself (`stream_options.include_usage`).
+    client_include_usage: bool,
     /// The API of the provider serving the request (responses are metered in it).
     provider_api: Api,
     stream_translator: Option<StreamTranslation>,
@@ -157,6 +159,7 @@ impl WeirHttp {
             headroom: (None, None),
             run_counted: false,
             translating: None,
+            client_include_usage: false,
             provider_api: Api::Openai,
             stream_translator: None,
         }
@@ -487,6 +490,12 @@ impl WeirHttp {
         })?;
         self.record.requested_model = Some(request.model.clone());
         self.record.stream = request.stream;
+        self.client_include_usage = request
+            .stream_options
+            .as_ref()
+            .and_then(|f| serde_json::from_str::<serde_json::Value>(f.text()).ok())
+            .and_then(|v| v.get("include_usage").and_then(|u| u.as_bool()))
+            .unwrap_or(false);
 
         // Directives from the `weir` body object (headers win), removed from the body.
         let mut weir_edit = None;
@@ -547,7 +556,7 @@ impl WeirHttp {
 
         self.provider_api = provider.api;
         if provider.api != self.api {
-            return self.forward_translated(&gateway, &request, &body, body_size, &plan);
+            return self.forward_translated(&gateway, &body, body_size, &plan);
         }
         let (mut edits, usage_added) = match self.api {
             Api::Openai => {
@@ -573,25 +582,7 @@ impl WeirHttp {
         host::set_buffer(REQUEST_BODY, 0, body_size, &new_body)
             .map_err(|s| self.internal("replacing the request body", s))?;
 
-        // A failover tier goes to its failover cluster, which tries the targets in order.
-        let cluster = plan
-            .failover
-            .as_ref()
-            .map_or(&plan.target.cluster, |f| &f.cluster);
-        host::set_header(REQUEST_HEADERS, &gateway.settings.cluster_header, cluster)
-            .map_err(|s| self.internal("setting the cluster header", s))?;
-        if let (Some(f), Some(tier)) = (&plan.failover, &plan.tier) {
-            host::set_header(
-                REQUEST_HEADERS,
-                FAILOVER_HEADER,
-                &failover_header(tier, &f.order),
-            )
-            .map_err(|s| self.internal("setting the failover order", s))?;
-            // One retry per remaining target (clients' x-envoy-* headers were removed).
-            let retries = (f.order.len() - 1).to_string();
-            host::set_header(REQUEST_HEADERS, "x-envoy-max-retries", &retries)
-                .map_err(|s| self.internal("setting the retry count", s))?;
-        }
+        self.set_route_headers(gateway.as_ref(), &plan)?;
         if let Some((name, value)) = &provider.credential_header {
             host::set_header(REQUEST_HEADERS, name, &value.0)
                 .map_err(|s| self.internal("setting the provider credential", s))?;
@@ -620,22 +611,40 @@ impl WeirHttp {
         Ok(Action::Continue)
     }
 
+    /// The cluster header, and for a failover tier the attempt order and retry count.
+    fn set_route_headers(&mut self, gateway: &Gateway, plan: &Plan) -> Result<(), Action> {
+        // A failover tier goes to its failover cluster, which tries the targets in order.
+        let cluster = plan
+            .failover
+            .as_ref()
+            .map_or(&plan.target.cluster, |f| &f.cluster);
+        host::set_header(REQUEST_HEADERS, &gateway.settings.cluster_header, cluster)
+            .map_err(|s| self.internal("setting the cluster header", s))?;
+        if let (Some(f), Some(tier)) = (&plan.failover, &plan.tier) {
+            host::set_header(
+                REQUEST_HEADERS,
+                FAILOVER_HEADER,
+                &failover_header(tier, &f.order),
+            )
+            .map_err(|s| self.internal("setting the failover order", s))?;
+            // One retry per remaining target (clients' x-envoy-* headers were removed).
+            let retries = (f.order.len() - 1).to_string();
+            host::set_header(REQUEST_HEADERS, "x-envoy-max-retries", &retries)
+                .map_err(|s| self.internal("setting the retry count", s))?;
+        }
+        Ok(())
+    }
+
     /// Sends a request to a target of the other API: the body translated, the path,
     /// version and credential of the provider.
     fn forward_translated(
         &mut self,
         gateway: &Gateway,
-        request: &LlmRequest<'_>,
         body: &[u8],
         body_size: usize,
         plan: &Plan,
     ) -> Result<Action, Action> {
-        let include_usage = request
-            .stream_options
-            .as_ref()
-            .and_then(|f| serde_json::from_str::<serde_json::Value>(f.text()).ok())
-            .and_then(|v| v.get("include_usage").and_then(|u| u.as_bool()))
-            .unwrap_or(false);
+        let include_usage = self.client_include_usage;
         let (translated, path) = match self.api {
             Api::Openai => (
                 translate::openai_request_to_anthropic(body, &plan.target.model),
@@ -668,12 +677,7 @@ impl WeirHttp {
         };
         host::set_header(REQUEST_HEADERS, ":path", path)
             .map_err(|s| self.internal("setting the path", s))?;
-        host::set_header(
-            REQUEST_HEADERS,
-            &gateway.settings.cluster_header,
-            &plan.target.cluster,
-        )
-        .map_err(|s| self.internal("setting the cluster header", s))?;
+        self.set_route_headers(gateway, plan)?;
         for name in ["authorization", "x-api-key", "api-key"] {
             host::remove_header(REQUEST_HEADERS, name)
                 .map_err(|s| self.internal("removing credentials", s))?;
@@ -696,6 +700,7 @@ impl WeirHttp {
         host::clear_route_cache().map_err(|s| self.internal("clearing the route cache", s))?;
 
         self.translating = Some(include_usage);
+        self.client_include_usage = include_usage;
         self.record.tier = plan.tier.clone();
         self.record.served_model = Some(plan.target.model.clone());
         self.target_model = Some(plan.target.model.clone());
@@ -1451,14 +1456,34 @@ impl HttpContext for WeirHttp {
         self.record.ttfb_ms = Some(millis(
             host::now().duration_since(self.started).unwrap_or_default(),
         ));
+        // On a failover tier, the per-attempt filter says which target answered.
+        if let Some(answer) = host::header_str(RESPONSE_HEADERS, super::upstream::TARGET_HEADER) {
+            let _ = host::remove_header(RESPONSE_HEADERS, super::upstream::TARGET_HEADER);
+            if let Some(gateway) = self.gateway.clone() {
+                let served = failover_target(&answer, 1)
+                    .and_then(|(tier, i)| gateway.tiers.get(tier)?.targets.get(i).cloned());
+                if let Some(target) = served {
+                    if let Some(provider) = gateway.providers.get(target.provider) {
+                        self.record.provider = Some(provider.name.clone());
+                        // The answer is in that target's API: translate it back if needed.
+                        self.provider_api = provider.api;
+                        self.translating =
+                            (provider.api != self.api).then_some(self.client_include_usage);
+                    }
+                    self.record.served_model = Some(target.model.clone());
+                    self.record.cluster = Some(target.cluster.clone());
+                    self.target_model = Some(target.model);
+                }
+            }
+        }
         let content_type = host::header(RESPONSE_HEADERS, "content-type").unwrap_or_default();
         let streaming = content_type.starts_with(b"text/event-stream");
-        let meter = ResponseMeter::new(
-            self.provider_api,
-            streaming,
-            MAX_METERED_JSON,
-            self.record.usage_requested_by_weir,
-        );
+        // An OpenAI client gets exactly the stream it asked for: without the usage chunk
+        // Weir (or a translated attempt) asked for, unless it asked itself.
+        let strip = self.api == Api::Openai
+            && self.provider_api == Api::Openai
+            && !self.client_include_usage;
+        let meter = ResponseMeter::new(self.provider_api, streaming, MAX_METERED_JSON, strip);
         if let Some(include_usage) = self.translating {
             let created = host::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -1499,22 +1524,6 @@ impl HttpContext for WeirHttp {
         self.meter = Some(meter);
         for (name, value) in self.ratelimit_headers() {
             let _ = host::set_header(RESPONSE_HEADERS, &name, &value);
-        }
-        // On a failover tier, the per-attempt filter says which target answered.
-        if let Some(answer) = host::header_str(RESPONSE_HEADERS, super::upstream::TARGET_HEADER) {
-            let _ = host::remove_header(RESPONSE_HEADERS, super::upstream::TARGET_HEADER);
-            if let Some(gateway) = self.gateway.clone() {
-                let served = failover_target(&answer, 1)
-                    .and_then(|(tier, i)| gateway.tiers.get(tier)?.targets.get(i).cloned());
-                if let Some(target) = served {
-                    if let Some(provider) = gateway.providers.get(target.provider) {
-                        self.record.provider = Some(provider.name.clone());
-                    }
-                    self.record.served_model = Some(target.model.clone());
-                    self.record.cluster = Some(target.cluster.clone());
-                    self.target_model = Some(target.model);
-                }
-            }
         }
         // Envoy reports retries in this header (virtual host `include_attempt_count_in_response`).
         if let Some(n) =
