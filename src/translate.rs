@@ -160,8 +160,10 @@ fn tool_choice(value: &Value) -> Result<Value, BodyError> {
     }
 }
 
-/// The Anthropic request for an OpenAI chat request, for `model`.
-pub fn openai_request_to_anthropic(body: &[u8], model: &str) -> Result<Vec<u8>, BodyError> {
+type Object = Map<String, Value>;
+
+/// The request as an object, and the translation's first field: the target's model.
+fn start_request(body: &[u8], model: &str) -> Result<(Object, Object), BodyError> {
     let Ok(Value::Object(req)) = serde_json::from_slice::<Value>(body) else {
         return Err(BodyError {
             message: "The request body must be a JSON object.".into(),
@@ -170,6 +172,20 @@ pub fn openai_request_to_anthropic(body: &[u8], model: &str) -> Result<Vec<u8>, 
     };
     let mut out = Map::new();
     out.insert("model".into(), json!(model));
+    Ok((req, out))
+}
+
+/// A parameter with no rule: refused, never silently dropped.
+fn unknown_parameter(name: &str) -> BodyError {
+    BodyError {
+        message: format!("The `{name}` parameter cannot be sent to this model's provider."),
+        param: None,
+    }
+}
+
+/// The Anthropic request for an OpenAI chat request, for `model`.
+pub fn openai_request_to_anthropic(body: &[u8], model: &str) -> Result<Vec<u8>, BodyError> {
+    let (req, mut out) = start_request(body, model)?;
     let mut system = Vec::new();
     let mut messages: Vec<Value> = Vec::new();
     for (name, value) in &req {
@@ -300,14 +316,7 @@ pub fn openai_request_to_anthropic(body: &[u8], model: &str) -> Result<Vec<u8>, 
                     "the legacy functions API is not translated; use tools",
                 ));
             }
-            other => {
-                return Err(BodyError {
-                    message: format!(
-                        "The `{other}` parameter cannot be sent to this model's provider."
-                    ),
-                    param: None,
-                })
-            }
+            other => return Err(unknown_parameter(other)),
         }
     }
     if messages.is_empty() {
@@ -892,14 +901,7 @@ fn openai_messages(m: &Value) -> Result<Vec<Value>, BodyError> {
 /// The OpenAI Chat Completions request for an Anthropic Messages request, for `model`.
 /// Streams ask for the usage chunk: Anthropic clients always get usage.
 pub fn anthropic_request_to_openai(body: &[u8], model: &str) -> Result<Vec<u8>, BodyError> {
-    let Ok(Value::Object(req)) = serde_json::from_slice::<Value>(body) else {
-        return Err(BodyError {
-            message: "The request body must be a JSON object.".into(),
-            param: None,
-        });
-    };
-    let mut out = Map::new();
-    out.insert("model".into(), json!(model));
+    let (req, mut out) = start_request(body, model)?;
     let mut messages = Vec::new();
     if let Some(system) = req.get("system") {
         messages.push(json!({"role": "system", "content": anthropic_text(system)}));
@@ -974,14 +976,7 @@ pub fn anthropic_request_to_openai(body: &[u8], model: &str) -> Result<Vec<u8>, 
                     "extended thinking has no OpenAI Chat Completions equivalent",
                 ))
             }
-            other => {
-                return Err(BodyError {
-                    message: format!(
-                        "The `{other}` parameter cannot be sent to this model's provider."
-                    ),
-                    param: None,
-                })
-            }
+            other => return Err(unknown_parameter(other)),
         }
     }
     out.insert("messages".into(), Value::Array(messages));
