@@ -292,3 +292,8 @@ def test_jwt_without_a_team_claim_is_refused(jwt_stack, idp, rid):
     assert response.status_code == 401
     assert "`org.team`" in response.json()["error"]["message"]
     assert response.json()["error"]["code"] == "invalid_token"
+
+
+def test_the_readme_shows_the_jwt_filters_the_tests_run():
+    snippet = devstack.jwt_filters(Path("/etc/envoy/jwks.json"))
+    assert snippet in (ROOT / "README.md").read_text()
