@@ -1,0 +1,258 @@
+//! Scopes, policy and routing decisions, and the advice endpoint.
+
+use super::*;
+
+impl WeirHttp {
+    /// Scopes, policy and routing: everything that decides where a request goes, shared
+    /// by forwarding and the advice endpoint.
+    pub(super) fn decide(
+        &mut self,
+        gateway: &Gateway,
+        request: &LlmRequest<'_>,
+    ) -> Result<Plan, GatewayError> {
+        let may_use =
+            scopes_of(gateway, &self.caller).is_some_and(|s| s.allows_model(&request.model));
+        if !may_use {
+            let name = printable(&request.model);
+            return Err(GatewayError::new(
+                ErrorKind::Forbidden,
+                format!("This key may not use the model `{name}`: it lacks a scope such as `model:{name}`."),
+            )
+            .with_param(Some("model")));
+        }
+
+        let mut model = request.model.clone();
+        let mut max_tokens = None;
+        if let Some(name) = self.policy_name(gateway)? {
+            let decision = self.evaluate_policy(gateway, &name, request)?;
+            if let Some(denial) = decision.denial() {
+                let kind = match denial.status {
+                    402 => ErrorKind::PaymentRequired,
+                    429 => ErrorKind::RateLimited,
+                    _ => ErrorKind::Forbidden,
+                };
+                let mut error = GatewayError::new(kind, denial.reason).with_code("policy_denied");
+                if kind == ErrorKind::RateLimited {
+                    error.retry_after = Some(denial.retry_after.unwrap_or(60));
+                }
+                return Err(error);
+            }
+            for tag in decision.tags {
+                if !self.record.tags.contains(&tag) {
+                    self.record.tags.push(tag);
+                }
+            }
+            if let Some(tier) = decision.tier {
+                if !gateway.tiers.contains_key(&tier) {
+                    log::error!("weir: policy {name} forced the unknown tier {tier:?}");
+                    return Err(GatewayError::new(
+                        ErrorKind::Internal,
+                        "The policy chose a tier that does not exist; the request was not forwarded.",
+                    )
+                    .with_code("policy_error"));
+                }
+                self.record.policy_tier = Some(tier.clone());
+                model = tier;
+            }
+            max_tokens = decision.max_tokens;
+            self.record.max_tokens_cap = max_tokens;
+        }
+
+        let empty = Scopes::default();
+        let scopes = scopes_of(gateway, &self.caller).unwrap_or(&empty);
+        let route = route(gateway, self.api, &model, scopes, &self.record.request_id)?;
+        Ok(Plan {
+            tier: route.tier.map(str::to_string),
+            failover: route.failover,
+            target: route.target,
+            provider: route.provider.name.clone(),
+            max_tokens,
+        })
+    }
+    /// The policy for this request: the caller's directive, else the key's default, else
+    /// the global default. `None` when no policy applies.
+    pub(super) fn policy_name(
+        &mut self,
+        gateway: &Gateway,
+    ) -> Result<Option<String>, GatewayError> {
+        let key_default = match &self.caller {
+            Some(Caller::Key(i)) => gateway.keys.get(*i).and_then(|k| k.default_policy.clone()),
+            _ => None,
+        };
+        let chosen = self.directives.policy.clone();
+        let name = chosen.clone().or(key_default).or_else(|| {
+            gateway
+                .policies
+                .as_ref()
+                .and_then(|p| p.borrow().default.clone())
+        });
+        let Some(name) = name else { return Ok(None) };
+        let known = gateway
+            .policies
+            .as_ref()
+            .is_some_and(|p| p.borrow().contains(&name));
+        if !known {
+            let names = gateway
+                .policies
+                .as_ref()
+                .map(|p| p.borrow().names().join(", "))
+                .unwrap_or_default();
+            let message = if names.is_empty() {
+                format!(
+                    "Unknown policy `{}`: no policies are configured.",
+                    printable(&name)
+                )
+            } else {
+                format!(
+                    "Unknown policy `{}`. Known policies: {names}.",
+                    printable(&name)
+                )
+            };
+            return Err(match chosen {
+                Some(_) => {
+                    GatewayError::new(ErrorKind::BadRequest, message).with_code("unknown_policy")
+                }
+                // A key's default that does not exist is the operator's error: fail closed.
+                None => GatewayError::new(ErrorKind::Internal, message).with_code("policy_error"),
+            });
+        }
+        self.record.policy = Some(name.clone());
+        Ok(Some(name))
+    }
+    pub(super) fn evaluate_policy(
+        &mut self,
+        gateway: &Gateway,
+        name: &str,
+        request: &LlmRequest<'_>,
+    ) -> Result<Decision, GatewayError> {
+        let Some(policies) = &gateway.policies else {
+            return Err(GatewayError::new(
+                ErrorKind::Internal,
+                "No policies are configured.",
+            ));
+        };
+        let needs_messages = policies.borrow().needs_messages(name);
+        let essentials = request.essentials(needs_messages);
+        let caller = match &self.caller {
+            Some(Caller::Key(i)) => match gateway.keys.get(*i) {
+                Some(k) => CallerInput {
+                    kind: "api_key",
+                    key_id: Some(k.id.clone()),
+                    team: Some(k.team.clone()),
+                    project: k.project.clone(),
+                    scopes: k.scopes.as_strings().to_vec(),
+                    metadata: k.metadata.clone(),
+                    claims: None,
+                },
+                None => CallerInput::default(),
+            },
+            Some(Caller::Jwt(j)) => CallerInput {
+                kind: "jwt",
+                key_id: Some(j.id.clone()),
+                team: Some(j.team.clone()),
+                project: j.project.clone(),
+                scopes: j.scopes.as_strings().to_vec(),
+                metadata: Default::default(),
+                claims: Some(j.claims.clone()),
+            },
+            None => CallerInput::default(),
+        };
+        let headers: Vec<(String, String)> = host::headers(REQUEST_HEADERS)
+            .into_iter()
+            .filter(|(k, _)| {
+                !k.starts_with(':')
+                    && !SECRET_HEADERS.contains(&k.as_str())
+                    && !k.starts_with("x-weir-")
+            })
+            .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+            .collect();
+        let locale = host::header_str(REQUEST_HEADERS, "accept-language")
+            .and_then(|l| l.split([',', ';']).next().map(|l| l.trim().to_string()));
+        let now = host::now();
+        let now_unix = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        // Policies see the caller's usage against its limits (read, not reserved).
+        let usage_now = gateway.limits.as_ref().map(|limits| {
+            let key_id = self.record.key_id.clone().unwrap_or_default();
+            let team = self.record.team.clone().unwrap_or_default();
+            let subjects = limit_subjects(limits, &key_id, &team, self.directives.user.as_deref());
+            usage_snapshot(&SharedData, &subjects, now_unix)
+        });
+        let run_id = self.run_id().to_string();
+        let input = build_input(&InputParts {
+            request_id: &self.record.request_id,
+            method: &self.record.method,
+            path: &self.record.path,
+            endpoint: self.record.endpoint.unwrap_or(""),
+            api: self.api.as_str(),
+            headers,
+            caller,
+            user: self.directives.user.as_deref(),
+            run_id: &run_id,
+            tags: &self.record.tags,
+            locale: locale.as_deref(),
+            policy: name,
+            model: &request.model,
+            is_tier: gateway.tiers.contains_key(&request.model),
+            params: ParamsInput::new(request.stream, &essentials),
+            messages: essentials.messages,
+            now_unix,
+            usage: usage_now,
+        });
+        let result = policies.borrow_mut().evaluate(name, &input);
+        let micros = host::now()
+            .duration_since(now)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        self.record.policy_us = Some(micros);
+        metrics::record(&metric("weir_policy_eval_us", &[("policy", name)]), micros);
+        result.map_err(|e| {
+            log::error!("weir: policy {name} failed: {e}");
+            GatewayError::new(
+                ErrorKind::Internal,
+                "The policy could not be evaluated; the request was not forwarded.",
+            )
+            .with_code("policy_error")
+        })
+    }
+    /// The answer of `POST /v1/weir/advice`: what Weir would do, without doing it.
+    pub(super) fn advise(&mut self, plan: Result<&Plan, GatewayError>) -> Action {
+        let body = match plan {
+            Ok(plan) => {
+                self.advised = Some("allow");
+                serde_json::json!({
+                    "decision": "allow",
+                    "request_id": self.record.request_id,
+                    "policy": self.record.policy,
+                    "tier": plan.tier,
+                    "model": plan.target.model,
+                    "provider": plan.provider,
+                    "cluster": plan.target.cluster,
+                    "max_tokens": plan.max_tokens,
+                    "tags": self.record.tags,
+                })
+            }
+            Err(e) => {
+                self.advised = Some(if e.kind == ErrorKind::Internal {
+                    "error"
+                } else {
+                    "deny"
+                });
+                self.record.reason = Some(e.message.clone());
+                self.record.error = Some(e.code());
+                serde_json::json!({
+                    "decision": self.advised,
+                    "request_id": self.record.request_id,
+                    "policy": self.record.policy,
+                    "status": e.status(),
+                    "code": e.code(),
+                    "reason": e.message,
+                    "retry_after": e.retry_after,
+                })
+            }
+        };
+        self.answer(&serde_json::to_vec(&body).unwrap_or_default())
+    }
+}
