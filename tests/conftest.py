@@ -8,6 +8,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -70,14 +71,28 @@ class Running:
         return {s["name"]: s["value"] for s in data["stats"] if "name" in s and "value" in s}
 
 
-@pytest.fixture(scope="session")
-def weir(built, tmp_path_factory) -> Running:
-    stack = devstack.Stack(tmp_path_factory.mktemp("stack"))
+def new_key(config: Path, *args: str) -> str:
+    """A fresh client key made with the real CLI (`weir keys new`) into `config`; returns the secret."""
+    result = subprocess.run([str(devstack.WEIR_BIN), "keys", "new", "-c", str(config), *args],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+@contextmanager
+def serving(stack: devstack.Stack, running: Running | None = None):
+    """Starts `stack` and always stops it; yields `running` (a plain `Running` when not given)."""
     stack.start()
     try:
-        yield Running(stack)
+        yield running or Running(stack)
     finally:
         stack.stop()
+
+
+@pytest.fixture(scope="session")
+def weir(built, tmp_path_factory) -> Running:
+    with serving(devstack.Stack(tmp_path_factory.mktemp("stack"))) as running:
+        yield running
 
 
 @pytest.fixture

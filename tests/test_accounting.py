@@ -15,7 +15,7 @@ import openai
 import pytest
 
 import devstack
-from conftest import DEMO_KEY, ROOT, Running
+from conftest import DEMO_KEY, Running, serving
 
 MESSAGES = [{"role": "user", "content": "count my tokens please"}]
 AUTH = {"authorization": f"Bearer {DEMO_KEY}"}
@@ -30,11 +30,8 @@ def acct(built, tmp_path_factory) -> Running:
     config = workdir / "weir.toml"
     config.write_text(text)
     stack = devstack.Stack(workdir / "stack", config=config)
-    stack.start()
-    try:
-        yield Running(stack)
-    finally:
-        stack.stop()
+    with serving(stack) as running:
+        yield running
 
 
 PRICES = tomllib.loads(devstack.sample_config_text())["prices"]

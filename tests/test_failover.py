@@ -12,7 +12,7 @@ import openai
 import pytest
 
 import devstack
-from conftest import DEMO_KEY, Running
+from conftest import DEMO_KEY, Running, serving
 
 MESSAGES = [{"role": "user", "content": "fail over"}]
 LLAMA = "meta-llama/Llama-3.1-8B-Instruct"
@@ -56,11 +56,8 @@ targets = [
 ]
 ''')
     stack = devstack.Stack(workdir / "stack", config=config, extra_clusters={"dead": closed_port()})
-    stack.start()
-    try:
-        yield Running(stack)
-    finally:
-        stack.stop()
+    with serving(stack) as running:
+        yield running
 
 
 def post(fo: Running, model: str, rid: str, extra: dict | None = None, stream: bool = False) -> httpx.Response:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 import devstack
-from conftest import DEMO_KEY, Running
+from conftest import DEMO_KEY, Running, serving
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 JSON = {"content-type": "application/json"}
@@ -21,11 +21,8 @@ JSON = {"content-type": "application/json"}
 def hostile(built, tmp_path_factory) -> Running:
     # A short route timeout, so a slow provider is a quick test.
     stack = devstack.Stack(tmp_path_factory.mktemp("hostile"), route_timeout="2s")
-    stack.start()
-    try:
-        yield Running(stack)
-    finally:
-        stack.stop()
+    with serving(stack) as running:
+        yield running
 
 
 def big(size: int) -> bytes:

@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 import devstack
-from conftest import ROOT, Running
+from conftest import ROOT, Running, serving
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 
@@ -69,11 +69,8 @@ def keys(built, tmp_path_factory) -> KeyStack:
     config = workdir / "weir.toml"
     config.write_text(devstack.sample_config_text())
     stack = devstack.Stack(workdir / "stack", config=config)
-    stack.start()
-    try:
-        yield KeyStack(stack, config)
-    finally:
-        stack.stop()
+    with serving(stack, KeyStack(stack, config)) as running:
+        yield running
 
 
 def test_scopes_deny_with_403_naming_the_missing_scope(keys, rid):
@@ -228,11 +225,8 @@ project_claim = "project"
 scopes_claim = "scope"
 """)
     stack = devstack.Stack(workdir / "stack", config=config, jwks=jwks)
-    stack.start()
-    try:
-        yield Running(stack)
-    finally:
-        stack.stop()
+    with serving(stack) as running:
+        yield running
 
 
 def jwt_chat(stack: Running, token: str, rid: str, model: str = "fast", extra: dict | None = None) -> httpx.Response:

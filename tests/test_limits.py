@@ -3,7 +3,6 @@ concurrent clients: the counters live in Envoy's shared data, shared by both wor
 from __future__ import annotations
 
 import concurrent.futures
-import subprocess
 import time
 
 import httpx
@@ -12,7 +11,7 @@ import pytest
 import shutil
 
 import devstack
-from conftest import ROOT, Running
+from conftest import ROOT, Running, new_key, serving
 
 MESSAGES = [{"role": "user", "content": "count me"}]
 
@@ -53,18 +52,12 @@ calls = 3
     keys = {}
     for key_id, team in [("rl-key", "rl"), ("count-key", "count"), ("tok-key", "tok-team"), ("spend-key", "spend-team"),
                          ("run-key", "runs")]:
-        r = subprocess.run([str(devstack.WEIR_BIN), "keys", "new", "-c", str(config), "--name", key_id, "--id", key_id,
-                            "--team", team, "--scopes", "*"], capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
-        keys[key_id] = r.stdout.strip()
+        keys[key_id] = new_key(config, "--name", key_id, "--id", key_id, "--team", team, "--scopes", "*")
     stack = devstack.Stack(workdir / "stack", config=config, concurrency=2)
-    stack.start()
     running = Running(stack)
     running.keys = keys
-    try:
+    with serving(stack, running):
         yield running
-    finally:
-        stack.stop()
 
 
 HTTP = httpx.Client(timeout=30, limits=httpx.Limits(max_connections=32))

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 import devstack
 from conftest import DEMO_KEY, ROOT

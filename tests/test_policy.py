@@ -13,7 +13,7 @@ import openai
 import pytest
 
 import devstack
-from conftest import DEMO_KEY, ROOT, Running
+from conftest import DEMO_KEY, ROOT, Running, new_key, serving
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 
@@ -24,10 +24,7 @@ class PolicyStack(Running):
         self.config, self.policies = config, policies
 
     def key(self, *args: str) -> str:
-        result = subprocess.run([str(devstack.WEIR_BIN), "keys", "new", "-c", str(self.config), "--name", "t", *args],
-                                capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr
-        return result.stdout.strip()
+        return new_key(self.config, "--name", "t", *args)
 
     def deploy(self) -> None:
         result = self.stack.bundle(self.config)
@@ -51,11 +48,8 @@ def pol(built, tmp_path_factory) -> PolicyStack:
     p.free = p.key("--team", "web", "--scopes", "*", "--meta", "plan=free")
     p.support = p.key("--team", "support", "--scopes", "*", "--meta", "plan=pro")
     p.contractor = p.key("--team", "contractors", "--scopes", "*", "--meta", "plan=enterprise")
-    stack.start()
-    try:
-        yield p
-    finally:
-        stack.stop()
+    with serving(stack, p) as running:
+        yield running
 
 
 def test_plan_restriction_denies_with_the_policys_reason(pol, rid):

@@ -5,14 +5,13 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import json
-import subprocess
 
 import httpx
 import openai
 import pytest
 
 import devstack
-from conftest import DEMO_KEY, Running
+from conftest import DEMO_KEY, Running, new_key, serving
 
 MESSAGES = [{"role": "user", "content": "route me"}]
 
@@ -34,10 +33,7 @@ targets = [
     config.write_text(text)
 
     def key(*scopes: str) -> str:
-        r = subprocess.run([str(devstack.WEIR_BIN), "keys", "new", "-c", str(config), "--name", "r", "--team", "t",
-                            "--scopes", ",".join(scopes)], capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
-        return r.stdout.strip()
+        return new_key(config, "--name", "r", "--team", "t", "--scopes", ",".join(scopes))
 
     keys = {
         "all": key("*"),
@@ -48,13 +44,10 @@ targets = [
         "no-passthrough": key("chat", "model:*"),
     }
     stack = devstack.Stack(workdir / "stack", config=config)
-    stack.start()
     running = Running(stack)
     running.keys = keys
-    try:
+    with serving(stack, running):
         yield running
-    finally:
-        stack.stop()
 
 
 # One client for the module: creating one per request costs ~20 ms (its SSL context).

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 import devstack
-from conftest import DEMO_KEY, Running
+from conftest import DEMO_KEY, Running, serving
 
 CLAUDE = "claude-sonnet-4-5"
 GPT = "gpt-4o-mini"
@@ -31,11 +31,8 @@ description = "GPT, for Anthropic clients too"
 targets = [{{ provider = "openai", model = "{GPT}" }}]
 ''')
     stack = devstack.Stack(workdir / "stack", config=config)
-    stack.start()
-    try:
-        yield Running(stack)
-    finally:
-        stack.stop()
+    with serving(stack) as running:
+        yield running
 
 
 def client(tr: Running) -> openai.OpenAI:
