@@ -53,6 +53,13 @@ static_resources:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: upstream
           http_filters:
+          # Read the whole request before answering, as a provider does: a direct_response
+          # sent before the request body has arrived makes Envoy close the connection, and
+          # every request would then pay for a new upstream connection.
+          - name: envoy.filters.http.buffer
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer
+              max_request_bytes: 10485760
           - name: envoy.filters.http.router
             typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
           route_config:
@@ -86,6 +93,13 @@ static_resources:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: plain
           http_filters:
+          # Read the whole request before answering, as a provider does: a direct_response
+          # sent before the request body has arrived makes Envoy close the connection, and
+          # every request would then pay for a new upstream connection.
+          - name: envoy.filters.http.buffer
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer
+              max_request_bytes: 10485760
           - name: envoy.filters.http.router
             typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
           route_config:
@@ -189,6 +203,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS", "5")))
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--out", type=Path, default=devstack.ROOT / "target/bench/results.json")
+    parser.add_argument("--only", default=os.environ.get("BENCH_ONLY", ""),
+                        help="comma-separated scenarios to run (default: all)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="weir-bench-"))
     upstream = Envoy(workdir, "upstream", upstream_yaml(workdir))
@@ -208,7 +224,11 @@ def main() -> int:
     results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
                "wasm_bytes": devstack.WASM.stat().st_size, "weir_ready_s": round(ready_s, 2), "runs": []}
     try:
-        for scenario in SCENARIOS:
+        chosen = [s for s in args.only.split(",") if s] or list(SCENARIOS)
+        unknown = [s for s in chosen if s not in SCENARIOS]
+        if unknown:
+            parser.error(f"unknown scenarios {unknown}; known: {list(SCENARIOS)}")
+        for scenario in chosen:
             for connections in (1, 16):
                 row = {"scenario": scenario, "connections": connections}
                 for name, proxy in (("plain", plain), ("weir", weir)):
