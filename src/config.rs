@@ -39,8 +39,9 @@ pub struct Config {
     pub limits: Option<crate::limits::LimitsConfig>,
 }
 
-/// Rego policies. Operators set `dir` and `default`; `weir bundle` reads the directory and
-/// fills in `modules` and `data`, which is what the filter receives.
+/// Rego policies. Operators set `dir` and `default`; `weir bundle` reads the directory,
+/// fills in `modules` and `data`, and compiles each policy into `programs`, which is what
+/// the filter runs.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
@@ -54,6 +55,8 @@ pub struct PolicyConfig {
     pub modules: Vec<crate::policy::PolicyModule>,
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub data: serde_json::Value,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub programs: BTreeMap<String, crate::policy::BundledPolicy>,
 }
 
 /// How to read a caller's identity from the JWT payload `jwt_authn` forwards.
@@ -584,11 +587,17 @@ impl Config {
         })
     }
 
-    /// Compiles the bundled policies (none configured: `None`).
+    /// The policies, ready to run (none configured: `None`): the bundled programs when
+    /// there are any; otherwise, on the host, compiled from the modules.
     pub fn compile_policies(&self) -> Result<Option<crate::policy::PolicySet>, ConfigError> {
         let Some(p) = &self.policy else {
             return Ok(None);
         };
+        if !p.programs.is_empty() {
+            return crate::policy::PolicySet::load(&p.programs, &p.data, p.default.as_deref())
+                .map(Some)
+                .map_err(|reason| err("policy", reason));
+        }
         if p.modules.is_empty() {
             if let Some(d) = &p.default {
                 return Err(err(
@@ -598,9 +607,30 @@ impl Config {
             }
             return Ok(None);
         }
+        self.compile_modules(p)
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn compile_modules(
+        &self,
+        p: &PolicyConfig,
+    ) -> Result<Option<crate::policy::PolicySet>, ConfigError> {
         crate::policy::PolicySet::compile(&p.modules, &p.data, p.default.as_deref())
             .map(Some)
             .map_err(|reason| err("policy", reason))
+    }
+
+    /// The filter carries no Rego compiler: its policies come compiled by `weir bundle`.
+    #[cfg(target_arch = "wasm32")]
+    fn compile_modules(
+        &self,
+        _p: &PolicyConfig,
+    ) -> Result<Option<crate::policy::PolicySet>, ConfigError> {
+        Err(err(
+            "policy.programs",
+            "the policies are not compiled; make the filter configuration with `weir bundle`"
+                .to_string(),
+        ))
     }
 
     /// Tier targets whose model has no price: their requests are flagged `unpriced`.

@@ -6,16 +6,31 @@
 //! `needs_messages := true` when it reads message text (`input.messages`).
 //! For each policy Weir adds a small wrapper package that folds those rules into one
 //! `result` object, so a request costs one rule evaluation.
+//!
+//! Each policy's `result` is compiled to regorus's bytecode VM (`rvm`), several times
+//! faster than its tree-walking interpreter, which evaluates every rule of an imported
+//! package. `weir bundle` compiles on the host and ships the bytecode, so the filter
+//! carries only the VM (no Rego parser, interpreter or compiler: a smaller module and a
+//! faster start). The interpreter stays as the reference on the host: a policy the VM
+//! cannot compile, or whose VM decision differs from the interpreter's on the probe
+//! inputs, is refused by `weir bundle` (the CLI's `policy eval` still runs it).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
-use regorus::{Engine, Value};
+use base64::Engine as _;
+use regorus::rvm::program::{DeserializationResult, Program};
+use regorus::rvm::vm::RegoVM;
+use regorus::Value;
+#[cfg(not(target_arch = "wasm32"))]
+use regorus::{languages::rego::compiler::Compiler, Engine, Rc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 /// The version of the input document; bumped on any incompatible change.
 pub const INPUT_VERSION: u32 = 1;
 
+#[cfg(not(target_arch = "wasm32"))]
 const POLICY_PREFIX: &str = "data.weir.policy.";
 
 /// A Rego module as bundled: its path (for error messages) and text.
@@ -61,9 +76,39 @@ impl Decision {
 #[derive(Deserialize)]
 struct RawResult {
     deny: Vec<serde_json::Value>,
-    tier: Option<serde_json::Value>,
-    max_tokens: Option<serde_json::Value>,
+    /// Zero or one value each (see `wrapper`).
+    tier: Vec<serde_json::Value>,
+    max_tokens: Vec<serde_json::Value>,
     tags: Vec<serde_json::Value>,
+}
+
+/// A Rego value as JSON, leaving out what is undefined (the VM can leave an undefined
+/// value where the interpreter leaves nothing).
+fn to_json(v: &Value) -> Option<serde_json::Value> {
+    Some(match v {
+        Value::Undefined => return None,
+        Value::Array(items) => items.iter().filter_map(to_json).collect(),
+        Value::Set(items) => items.iter().filter_map(to_json).collect(),
+        Value::Object(fields) => fields
+            .iter()
+            .filter_map(|(k, v)| {
+                let key = match k {
+                    Value::String(s) => s.to_string(),
+                    other => other.to_json_str().ok()?,
+                };
+                Some((key, to_json(v)?))
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+        leaf => serde_json::to_value(leaf).ok()?,
+    })
+}
+
+fn decision_of(value: &Value) -> Result<Decision, String> {
+    let json = to_json(value).unwrap_or_default();
+    let raw: RawResult =
+        serde_json::from_value(json).map_err(|e| format!("unexpected policy result: {e}"))?;
+    parse_decision(raw)
 }
 
 fn parse_decision(raw: RawResult) -> Result<Decision, String> {
@@ -101,12 +146,15 @@ fn parse_decision(raw: RawResult) -> Result<Decision, String> {
         });
     }
     deny.sort_by(|a, b| a.reason.cmp(&b.reason));
-    let tier = match raw.tier {
+    if raw.tier.len() > 1 || raw.max_tokens.len() > 1 {
+        return Err("tier and max_tokens must each have one value".into());
+    }
+    let tier = match raw.tier.into_iter().next() {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(t)) => Some(t),
         Some(other) => return Err(format!("tier must be a string, not {other}")),
     };
-    let max_tokens = match raw.max_tokens {
+    let max_tokens = match raw.max_tokens.into_iter().next() {
         None | Some(serde_json::Value::Null) => None,
         Some(v) => Some(
             v.as_u64()
@@ -131,36 +179,84 @@ fn parse_decision(raw: RawResult) -> Result<Decision, String> {
     })
 }
 
+/// A policy as `weir bundle` compiles it and the filter receives it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundledPolicy {
+    pub needs_messages: bool,
+    /// The VM program (regorus's binary serialisation), base64.
+    pub program: String,
+}
+
+/// One policy, ready to run.
+struct Prepared {
+    needs_messages: bool,
+    /// `data.weir.eval.<name>.result` on the VM; `None`: only the interpreter runs it.
+    vm: Option<RegoVM>,
+    /// What `weir bundle` ships (host only).
+    #[cfg(not(target_arch = "wasm32"))]
+    program: Option<Arc<Program>>,
+    /// Why the VM is not used.
+    interpreted_because: Option<String>,
+}
+
 /// The compiled policies of one configuration.
 pub struct PolicySet {
-    engine: Engine,
-    needs_messages: HashMap<String, bool>,
+    /// The interpreter (host only): the reference, and the fallback for what the VM
+    /// cannot run. `None` for a set loaded from bundled programs.
+    #[cfg(not(target_arch = "wasm32"))]
+    engine: Option<Engine>,
+    policies: HashMap<String, Prepared>,
     pub default: Option<String>,
 }
 
-impl std::fmt::Debug for PolicySet {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PolicySet")
-            .field("policies", &self.names())
-            .field("default", &self.default)
-            .finish()
+/// A runaway guard, far above what a policy over a full request needs.
+const VM_MAX_INSTRUCTIONS: usize = 5_000_000;
+
+#[cfg(not(target_arch = "wasm32"))]
+fn result_rule(name: &str) -> String {
+    format!("data.weir.eval.{name}.result")
+}
+
+fn new_vm(program: Arc<Program>, data: &Value) -> Result<RegoVM, String> {
+    let mut vm = RegoVM::new();
+    vm.load_program(program);
+    vm.set_max_instructions(VM_MAX_INSTRUCTIONS);
+    vm.set_data(data.clone()).map_err(|e| e.to_string())?;
+    Ok(vm)
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn compile_program(engine: &mut Engine, name: &str) -> Result<Arc<Program>, String> {
+    let rule = result_rule(name);
+    let entry: Rc<str> = rule.as_str().into();
+    let compiled = engine
+        .compile_with_entrypoint(&entry)
+        .map_err(|e| e.to_string())?;
+    Compiler::compile_from_policy(&compiled, &[rule.as_str()]).map_err(|e| e.to_string())
+}
+
+fn data_value(data: &serde_json::Value) -> Value {
+    if data.is_null() {
+        Value::new_object()
+    } else {
+        Value::from(data.clone())
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn wrapper(name: &str) -> String {
     let p = format!("data.weir.policy.{name}");
+    // `tier` and `max_tokens` as lists of zero or one value: `else := null` is not
+    // compiled faithfully by regorus's VM, and an undefined rule must read as "none".
     format!(
         r#"package weir.eval.{name}
 
 deny := [d | some d in {p}.deny]
 
-tier := t if {{
-	t := {p}.tier
-}} else := null
+tier := [t | t := {p}.tier]
 
-max_tokens := m if {{
-	m := {p}.max_tokens
-}} else := null
+max_tokens := [m | m := {p}.max_tokens]
 
 tags := [t | some t in {p}.tags]
 
@@ -171,6 +267,15 @@ needs_messages := n if {{
 result := {{"deny": deny, "tier": tier, "max_tokens": max_tokens, "tags": tags}}
 "#
     )
+}
+
+impl std::fmt::Debug for PolicySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicySet")
+            .field("policies", &self.names())
+            .field("default", &self.default)
+            .finish()
+    }
 }
 
 /// A name usable as a Rego package segment and a header value.
@@ -185,6 +290,7 @@ pub fn valid_policy_name(name: &str) -> bool {
 
 impl PolicySet {
     /// Parses and prepares every module; errors name the file and line.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn compile(
         modules: &[PolicyModule],
         data: &serde_json::Value,
@@ -213,73 +319,252 @@ impl PolicySet {
                 .add_policy(format!("weir-generated/{name}.rego"), wrapper(name))
                 .map_err(|e| format!("policy {name}: {e}"))?;
         }
-        if !data.is_null() {
-            engine
-                .add_data(Value::from(data.clone()))
-                .map_err(|e| format!("policy data: {e}"))?;
-        }
-        let mut set = PolicySet {
-            engine,
-            needs_messages: HashMap::new(),
-            default: default.map(str::to_string),
-        };
+        let data = data_value(data);
+        engine
+            .add_data(data.clone())
+            .map_err(|e| format!("policy data: {e}"))?;
+        let mut policies = HashMap::new();
         for name in &names {
-            set.engine.set_input(Value::from(json!({})));
-            let needs = set
-                .engine
+            engine.set_input(Value::from(json!({})));
+            let needs = engine
                 .eval_rule(format!("data.weir.eval.{name}.needs_messages"))
                 .map_err(|e| format!("policy {name}: {e}"))?;
-            set.needs_messages
-                .insert(name.clone(), needs == Value::from(true));
+            let compiled =
+                compile_program(&mut engine, name).and_then(|p| Ok((new_vm(p.clone(), &data)?, p)));
+            let (vm, program, interpreted_because) = match compiled {
+                Ok((vm, program)) => (Some(vm), Some(program), None),
+                Err(e) => (
+                    None,
+                    None,
+                    Some(format!("regorus's VM cannot compile it: {e}")),
+                ),
+            };
+            policies.insert(
+                name.clone(),
+                Prepared {
+                    needs_messages: needs == Value::from(true),
+                    vm,
+                    program,
+                    interpreted_because,
+                },
+            );
         }
+        let mut set = PolicySet {
+            engine: Some(engine),
+            policies,
+            default: default.map(str::to_string),
+        };
         if let Some(d) = default {
-            if !set.needs_messages.contains_key(d) {
+            if !set.policies.contains_key(d) {
                 return Err(format!(
                     "the default policy {d:?} is not defined (known: {})",
                     set.names().join(", ")
                 ));
             }
         }
-        // Prepare once now, so the first request does not pay for it.
+        // Prepare once now, so the first request does not pay for it, and hold the VM to
+        // the interpreter's answers: where they differ, the interpreter runs the policy.
         for name in &names {
-            set.evaluate(name, &sample_input())
-                .map_err(|e| format!("policy {name}: {e}"))?;
+            for probe in probe_inputs() {
+                let input = Value::from(probe);
+                let reference = set
+                    .interpret(name, input.clone())
+                    .map_err(|e| format!("policy {name}: {e}"))?;
+                let Some(p) = set.policies.get_mut(name.as_str()) else {
+                    continue;
+                };
+                if let Some(vm) = p.vm.as_mut() {
+                    let fast = run_vm(vm, input);
+                    if fast.as_ref() != Ok(&reference) {
+                        p.vm = None;
+                        p.program = None;
+                        p.interpreted_because = Some(format!(
+                            "regorus's VM decided {fast:?} where its interpreter decided {reference:?}"
+                        ));
+                    }
+                }
+            }
         }
         Ok(set)
     }
 
+    /// The set the filter runs: programs compiled by `weir bundle`, no interpreter.
+    pub fn load(
+        bundled: &BTreeMap<String, BundledPolicy>,
+        data: &serde_json::Value,
+        default: Option<&str>,
+    ) -> Result<PolicySet, String> {
+        let data = data_value(data);
+        let mut policies = HashMap::new();
+        for (name, b) in bundled {
+            if !valid_policy_name(name) {
+                return Err(format!(
+                    "policy name {name:?}: use lower-case letters, digits and _"
+                ));
+            }
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(&b.program)
+                .map_err(|e| format!("policy {name}: program: {e}"))?;
+            let program = match Program::deserialize_binary(&bytes) {
+                Ok(DeserializationResult::Complete(p)) => Arc::new(p),
+                Ok(DeserializationResult::Partial(_)) => {
+                    return Err(format!(
+                        "policy {name}: the program was compiled by another regorus version; bundle it again"
+                    ))
+                }
+                Err(e) => return Err(format!("policy {name}: program: {e}")),
+            };
+            let vm = new_vm(program, &data).map_err(|e| format!("policy {name}: {e}"))?;
+            policies.insert(
+                name.clone(),
+                Prepared {
+                    needs_messages: b.needs_messages,
+                    vm: Some(vm),
+                    #[cfg(not(target_arch = "wasm32"))]
+                    program: None,
+                    interpreted_because: None,
+                },
+            );
+        }
+        let mut set = PolicySet {
+            #[cfg(not(target_arch = "wasm32"))]
+            engine: None,
+            policies,
+            default: default.map(str::to_string),
+        };
+        if let Some(d) = default {
+            if !set.contains(d) {
+                return Err(format!(
+                    "the default policy {d:?} is not defined (known: {})",
+                    set.names().join(", ")
+                ));
+            }
+        }
+        // Run each once now: the first request does not pay for the VM's first run, and
+        // a policy that fails on an ordinary input is refused with the configuration.
+        let names: Vec<String> = set.policies.keys().cloned().collect();
+        for name in names {
+            for probe in probe_inputs() {
+                set.evaluate(&name, &probe)
+                    .map_err(|e| format!("policy {name}: {e}"))?;
+            }
+        }
+        Ok(set)
+    }
+
+    /// What `weir bundle` ships: every policy as a VM program. A policy that only the
+    /// interpreter runs is an error here, with the reason.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn bundled(&self) -> Result<BTreeMap<String, BundledPolicy>, String> {
+        let mut out = BTreeMap::new();
+        for (name, p) in &self.policies {
+            let Some(program) = &p.program else {
+                return Err(format!(
+                    "policy {name}: {}; the filter runs policies on regorus's VM (see the README's \"Policies\")",
+                    p.interpreted_because.as_deref().unwrap_or("not compiled")
+                ));
+            };
+            let bytes = program
+                .serialize_binary()
+                .map_err(|e| format!("policy {name}: {e}"))?;
+            out.insert(
+                name.clone(),
+                BundledPolicy {
+                    needs_messages: p.needs_messages,
+                    program: base64::engine::general_purpose::STANDARD.encode(bytes),
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Policies the interpreter runs, and why (the VM runs the others).
+    pub fn interpreted(&self) -> Vec<(&str, &str)> {
+        let mut v: Vec<(&str, &str)> = self
+            .policies
+            .iter()
+            .filter_map(|(n, p)| Some((n.as_str(), p.interpreted_because.as_deref()?)))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
     pub fn names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self.needs_messages.keys().map(String::as_str).collect();
+        let mut names: Vec<&str> = self.policies.keys().map(String::as_str).collect();
         names.sort_unstable();
         names
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.needs_messages.contains_key(name)
+        self.policies.contains_key(name)
     }
 
     pub fn needs_messages(&self, name: &str) -> bool {
-        self.needs_messages.get(name).copied().unwrap_or(false)
+        self.policies.get(name).is_some_and(|p| p.needs_messages)
     }
 
-    /// Evaluates policy `name` on `input`.
+    /// Evaluates policy `name` on `input`: on the VM, or (on the host) the interpreter
+    /// if the VM cannot.
     pub fn evaluate(&mut self, name: &str, input: &serde_json::Value) -> Result<Decision, String> {
-        if !self.contains(name) {
-            return Err(format!("unknown policy {name:?}"));
+        let input = Value::from(input.clone());
+        let p = self
+            .policies
+            .get_mut(name)
+            .ok_or_else(|| format!("unknown policy {name:?}"))?;
+        let on_vm = p.vm.as_mut().map(|vm| run_vm(vm, input.clone()));
+        match on_vm {
+            Some(Ok(decision)) => Ok(decision),
+            vm_failed => self.fallback(name, input, vm_failed),
         }
-        self.engine.set_input(Value::from(input.clone()));
-        let value = self
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn fallback(
+        &mut self,
+        name: &str,
+        input: Value,
+        vm_failed: Option<Result<Decision, String>>,
+    ) -> Result<Decision, String> {
+        match (&self.engine, vm_failed) {
+            (Some(_), _) => self.interpret(name, input),
+            (None, Some(e)) => e,
+            (None, None) => Err(format!("policy {name:?} has no program")),
+        }
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    fn fallback(
+        &mut self,
+        name: &str,
+        _input: Value,
+        vm_failed: Option<Result<Decision, String>>,
+    ) -> Result<Decision, String> {
+        vm_failed.unwrap_or_else(|| Err(format!("policy {name:?} has no program")))
+    }
+
+    /// Evaluates policy `name` with the interpreter.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn interpret(&mut self, name: &str, input: Value) -> Result<Decision, String> {
+        let engine = self
             .engine
-            .eval_rule(format!("data.weir.eval.{name}.result"))
+            .as_mut()
+            .ok_or_else(|| format!("policy {name:?}: no interpreter"))?;
+        engine.set_input(input);
+        let value = engine
+            .eval_rule(result_rule(name))
             .map_err(|e| e.to_string())?;
-        let json = value.to_json_str().map_err(|e| e.to_string())?;
-        let raw: RawResult =
-            serde_json::from_str(&json).map_err(|e| format!("unexpected policy result: {e}"))?;
-        parse_decision(raw)
+        decision_of(&value)
     }
 }
 
+fn run_vm(vm: &mut RegoVM, input: Value) -> Result<Decision, String> {
+    vm.set_input(input);
+    let value = vm.execute().map_err(|e| e.to_string())?;
+    decision_of(&value)
+}
+
 /// Runs every `test_*` rule of every package (like `opa test`): (name, passed, error).
+#[cfg(not(target_arch = "wasm32"))]
 pub fn run_tests(
     modules: &[PolicyModule],
     data: &serde_json::Value,
@@ -433,8 +718,10 @@ pub fn time_parts(unix: u64) -> serde_json::Value {
     })
 }
 
-fn sample_input() -> serde_json::Value {
-    build_input(&InputParts {
+/// Inputs every policy is evaluated on when it is compiled: one with nothing set, and one
+/// with every field a request can carry.
+fn probe_inputs() -> [serde_json::Value; 2] {
+    let empty = build_input(&InputParts {
         request_id: "prepare",
         method: "POST",
         path: "/v1/chat/completions",
@@ -449,7 +736,47 @@ fn sample_input() -> serde_json::Value {
         model: "prepare",
         messages: Some(Vec::new()),
         ..Default::default()
-    })
+    });
+    let tags = ["probe".to_string()];
+    let full = build_input(&InputParts {
+        request_id: "prepare",
+        method: "POST",
+        path: "/v1/messages",
+        endpoint: "messages",
+        api: "anthropic",
+        headers: vec![("user-agent".into(), "probe".into())],
+        caller: CallerInput {
+            kind: "api_key",
+            key_id: Some("probe".into()),
+            team: Some("probe".into()),
+            project: Some("probe".into()),
+            scopes: vec!["chat".into(), "model:*".into()],
+            metadata: BTreeMap::from([("plan".to_string(), "probe".to_string())]),
+            claims: None,
+        },
+        user: Some("probe"),
+        run_id: "probe",
+        tags: &tags,
+        locale: Some("en"),
+        policy: "probe",
+        model: "balanced",
+        is_tier: true,
+        params: ParamsInput {
+            stream: true,
+            max_tokens: Some(1000),
+            temperature: Some(0.5),
+            messages: 2,
+            input_chars: 30,
+            tools: vec!["probe".into()],
+        },
+        messages: Some(vec![
+            ("system".into(), "You are a probe.".into()),
+            ("user".into(), "Hello, probe 4111 1111 1111 1111".into()),
+        ]),
+        now_unix: 1_795_336_805,
+        usage: None,
+    });
+    [empty, full]
 }
 
 #[cfg(test)]
@@ -575,6 +902,114 @@ tags contains "reviewed"
         let mut s = PolicySet::compile(&[module("b.rego", bad)], &json!(null), None);
         // The bad status is found when the policy is prepared.
         assert!(s.as_mut().err().is_some_and(|e| e.contains("500")));
+    }
+
+    /// The sample policies and data shipped in `policies/`.
+    fn samples() -> (Vec<PolicyModule>, serde_json::Value) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let modules = ["lib/baseline.rego", "standard.rego", "dlp.rego"]
+            .iter()
+            .map(|f| module(f, &std::fs::read_to_string(dir.join(f)).unwrap()))
+            .collect();
+        let data =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("data.json")).unwrap()).unwrap();
+        (modules, data)
+    }
+
+    #[test]
+    fn bundled_programs_decide_as_the_interpreter_does() {
+        let (modules, data) = samples();
+        let mut reference = PolicySet::compile(&modules, &data, Some("standard")).unwrap();
+        assert!(
+            reference.interpreted().is_empty(),
+            "{:?}",
+            reference.interpreted()
+        );
+        let bundled = reference.bundled().unwrap();
+        assert_eq!(bundled.keys().collect::<Vec<_>>(), ["dlp", "standard"]);
+        assert!(bundled["dlp"].needs_messages && !bundled["standard"].needs_messages);
+        // What the filter runs: the programs alone, through JSON as in the bundle.
+        let shipped = serde_json::from_str(&serde_json::to_string(&bundled).unwrap()).unwrap();
+        let mut filter = PolicySet::load(&shipped, &data, Some("standard")).unwrap();
+        assert_eq!(filter.names(), ["dlp", "standard"]);
+        let (mut denied, mut downgraded, mut capped, mut total) = (0, 0, 0, 0);
+        for plan in ["demo", "free", "pro", "enterprise", "unknown"] {
+            for team in ["demo", "support", "contractors"] {
+                for model in ["fast", "balanced", "best", "local", "gpt-4o"] {
+                    // A Monday at 03:00 and at 12:00 UTC (business hours are 8-18).
+                    for unix in [1_795_402_800_u64, 1_795_435_200] {
+                        for text in [
+                            "hello",
+                            "my card is 4111 1111 1111 1111",
+                            "key sk-proj-abcdefghijklmnopqrstuvwx",
+                        ] {
+                            let mut i = input(team, model, Some(plan));
+                            i["time"] = time_parts(unix);
+                            i["messages"] = json!([{"role": "user", "text": text}]);
+                            for policy in ["standard", "dlp"] {
+                                let want = reference.interpret(policy, Value::from(i.clone()));
+                                let got = filter.evaluate(policy, &i);
+                                assert_eq!(
+                                    got, want,
+                                    "{policy} {plan} {team} {model} {unix} {text}"
+                                );
+                                let d = got.unwrap();
+                                total += 1;
+                                denied += usize::from(d.denial().is_some());
+                                downgraded += usize::from(d.tier.is_some());
+                                capped += usize::from(d.max_tokens.is_some());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // The grid reaches every kind of decision.
+        assert!(
+            denied > 0 && downgraded > 0 && capped > 0 && denied < total,
+            "{denied} {downgraded} {capped} {total}"
+        );
+    }
+
+    #[test]
+    fn a_policy_the_vm_cannot_compile_is_refused_for_the_filter() {
+        // `with` is not compiled by regorus's VM.
+        let with = "package weir.policy.with\n\ndeny contains \"x\" if {\n\tinput.caller.team == \"t\"\n\tnot data.allowed with data.allowed as false\n}\n";
+        let mut s = PolicySet::compile(&[module("w.rego", with)], &json!({}), None).unwrap();
+        let interpreted = s.interpreted();
+        assert_eq!(interpreted.len(), 1);
+        assert!(
+            interpreted[0].1.contains("cannot compile"),
+            "{interpreted:?}"
+        );
+        let e = s.bundled().unwrap_err();
+        assert!(e.contains("policy with") && e.contains("VM"), "{e}");
+        // On the host (weir policy eval) the interpreter still runs it.
+        let d = s.evaluate("with", &input("t", "fast", None)).unwrap();
+        assert_eq!(d.denial().unwrap().reason, "x");
+    }
+
+    #[test]
+    fn bad_bundled_programs_are_refused() {
+        let (modules, data) = samples();
+        let good = PolicySet::compile(&modules, &data, None)
+            .unwrap()
+            .bundled()
+            .unwrap();
+        let mut bad = good.clone();
+        bad.get_mut("dlp").unwrap().program = "bm90IGEgcHJvZ3JhbQ==".into();
+        assert!(PolicySet::load(&bad, &data, None)
+            .unwrap_err()
+            .contains("policy dlp"));
+        let mut bad = good.clone();
+        bad.get_mut("dlp").unwrap().program = "%%%".into();
+        assert!(PolicySet::load(&bad, &data, None).is_err());
+        let e = PolicySet::load(&good, &data, Some("missing")).unwrap_err();
+        assert!(e.contains("\"missing\" is not defined"), "{e}");
+        let mut bad = good;
+        let program = bad.remove("dlp").unwrap();
+        bad.insert("Not-A-Name".into(), program);
+        assert!(PolicySet::load(&bad, &data, None).is_err());
     }
 
     #[test]

@@ -305,3 +305,77 @@ targets = [{{ provider = "azure", model = "gpt-4o" }}, {{ provider = "anthropic"
         stderr(&run)
     );
 }
+
+/// `weir bundle` ships each policy compiled for regorus's VM, not its Rego text; a policy
+/// the VM cannot compile is refused with its name and the reason.
+#[test]
+fn bundle_ships_compiled_policies_and_refuses_what_the_vm_cannot_run() {
+    let config = temp_config("policies");
+    let dir = config.parent().unwrap().to_path_buf();
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        policies.join("p.rego"),
+        "package weir.policy.p\n\ndeny contains \"no best\" if input.model.requested == \"best\"\n\nmax_tokens := data.caps[input.caller.team]\n",
+    )
+    .unwrap();
+    std::fs::write(policies.join("data.json"), r#"{"caps": {"t": 64}}"#).unwrap();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[policy]\ndir = \"policies\"\ndefault = \"p\"\n");
+    std::fs::write(&config, text).unwrap();
+    let wasm = dir.join("weir.wasm");
+    std::fs::write(&wasm, b"\0asm").unwrap();
+    let out = dir.join("bundle.json");
+    let bundle = || {
+        weir(&[
+            "bundle",
+            config.to_str().unwrap(),
+            "--wasm",
+            wasm.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let run = bundle();
+    assert!(run.status.success(), "{}", stderr(&run));
+    let resource: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let plugin = resource["resources"][0]["typed_config"]["config"]["configuration"]["value"]
+        .as_str()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_str(plugin).unwrap();
+    assert!(json["policy"]["modules"].is_null(), "{}", json["policy"]);
+    assert!(json["policy"]["programs"]["p"]["program"].is_string());
+    // The bundle alone decides, as the filter does (no modules to fall back on).
+    let gateway = Config::from_json(plugin.as_bytes())
+        .unwrap()
+        .compile()
+        .unwrap();
+    let mut policies_set = gateway.policies.unwrap().into_inner();
+    assert!(policies_set.interpreted().is_empty());
+    let input = weir::policy::build_input(&weir::policy::InputParts {
+        caller: weir::policy::CallerInput {
+            kind: "api_key",
+            team: Some("t".into()),
+            ..Default::default()
+        },
+        model: "best",
+        ..Default::default()
+    });
+    let d = policies_set.evaluate("p", &input).unwrap();
+    assert_eq!(d.denial().unwrap().reason, "no best");
+    assert_eq!(d.max_tokens, Some(64));
+
+    // `with` is Rego the VM does not compile: refused, and the file is not replaced.
+    let before = std::fs::read(&out).unwrap();
+    std::fs::write(
+        policies.join("w.rego"),
+        "package weir.policy.w\n\ndeny contains \"x\" if {\n\tnot data.caps.t with data.caps as {}\n}\n",
+    )
+    .unwrap();
+    let run = bundle();
+    assert!(!run.status.success());
+    let err = stderr(&run);
+    assert!(err.contains("policy w") && err.contains("VM"), "{err}");
+    assert_eq!(std::fs::read(&out).unwrap(), before);
+}
