@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-WASM = ROOT / "target/wasm32-wasip1/release/weir.wasm"
+WASM = ROOT / "target/weir.wasm"  # built by `make wasm` (cargo, then wasm-opt)
 WEIR_BIN = ROOT / "target/debug/weir"
 MOCK_BIN = ROOT / "target/debug/weir-mock"
 ENVOY_TEMPLATE = ROOT / "envoy/envoy.yaml"
