@@ -93,13 +93,6 @@ static_resources:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: plain
           http_filters:
-          # Read the whole request before answering, as a provider does: a direct_response
-          # sent before the request body has arrived makes Envoy close the connection, and
-          # every request would then pay for a new upstream connection.
-          - name: envoy.filters.http.buffer
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer
-              max_request_bytes: 10485760
           - name: envoy.filters.http.router
             typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
           route_config:
