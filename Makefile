@@ -11,7 +11,7 @@ TARGET := wasm32-wasip1
 BINARYEN_VERSION := 132.0.0
 WASM_OPT := target/tools/binaryen-$(BINARYEN_VERSION)/node_modules/.bin/wasm-opt
 
-.PHONY: help run test unit policy-test integration soak bench lint fmt wasm bins venv wasm-target clean
+.PHONY: help run test unit policy-test integration soak bench bench-scaling lint fmt wasm bins venv wasm-target clean
 
 help:
 	@echo "make run    build Weir and start Envoy with it in front of the mock (or real) providers"
@@ -19,6 +19,7 @@ help:
 	@echo "make wasm   build $(WASM)"
 	@echo "make lint   cargo fmt --check and clippy (host and wasm)"
 	@echo "make bench  plain Envoy vs Envoy + Weir, side by side (BENCH_SECONDS per run, default 5)"
+	@echo "make bench-scaling  cost as keys, policy rules, body size and stream length grow; memory per worker"
 	@echo "make soak   mixed traffic for SOAK_SECONDS (240): no unexpected errors, flat memory, one record per request"
 
 # -- the two commands -------------------------------------------------------------------------
@@ -68,6 +69,10 @@ integration: wasm bins venv
 bench: wasm bins venv
 	cargo build --profile bench-tools --bin weir-load
 	$(PY) tools/bench.py
+
+bench-scaling: wasm bins venv
+	cargo build --profile bench-tools --bin weir-load
+	$(PY) tools/scaling.py
 
 SOAK_SECONDS ?= 240
 soak: wasm bins venv

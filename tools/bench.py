@@ -114,14 +114,14 @@ static_resources:
 class Envoy:
     """An Envoy from a config string, on OS-chosen ports, stopped by PID."""
 
-    def __init__(self, workdir: Path, name: str, yaml: str):
+    def __init__(self, workdir: Path, name: str, yaml: str, concurrency: int = 1):
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "envoy.yaml").write_text(yaml)
         admin_file = self.dir / "admin.txt"
         self.proc = subprocess.Popen(
             devstack.envoy_command() + ["-c", str(self.dir / "envoy.yaml"), "--disable-hot-restart",
-                                        "--base-id", str(devstack.unique_base_id()), "--concurrency", "1",
+                                        "--base-id", str(devstack.unique_base_id()), "--concurrency", str(concurrency),
                                         "--admin-address-path", str(admin_file), "-l", "error"],
             stdout=open(self.dir / "envoy.log", "w"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
@@ -172,10 +172,16 @@ SCENARIOS = {
 
 def run_load(proxy, workdir: Path, scenario: str, connections: int, seconds: float, warmup: float) -> dict:
     method, path, body, headers = SCENARIOS[scenario]
+    return measure(proxy, workdir, scenario, method, path, body, headers, connections, seconds, warmup)
+
+
+def measure(proxy, workdir: Path, label: str, method: str, path: str, body, headers: list[str],
+            connections: int, seconds: float, warmup: float) -> dict:
+    """Drives `proxy` with weir-load; adds the proxy's CPU time per request."""
     args = [str(LOAD), "--addr", f"127.0.0.1:{proxy.port}", "--method", method, "--path", path,
             "--connections", str(connections), "--seconds", str(seconds), "--warmup", str(warmup)]
     if body is not None:
-        body_file = workdir / f"{scenario}.json"
+        body_file = workdir / f"{label}.json"
         body_file.write_text(json.dumps(body))
         args += ["--body", str(body_file)]
     for h in headers:

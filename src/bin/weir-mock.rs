@@ -14,7 +14,8 @@
 //! `x-mock-delay-ms: N` wait before the response headers;
 //! `x-mock-chunk-delay-ms: N` wait between stream events;
 //! `x-mock-drop-after: N` reset the connection after N stream events (0: before any response);
-//! `x-mock-cached-tokens: N`, `x-mock-reasoning-tokens: N` report cache / reasoning tokens.
+//! `x-mock-cached-tokens: N`, `x-mock-reasoning-tokens: N` report cache / reasoning tokens;
+//! `x-mock-reply-words: N` answer with N words (a stream of N events; for the benchmark).
 //!
 //! Control: `GET /_mock/requests[?request_id=ID]` lists what was received (JSON),
 //! `DELETE /_mock/requests` forgets it, `GET /_mock/health` answers `ok`.
@@ -114,6 +115,9 @@ async fn main() -> io::Result<()> {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                // Each stream event goes out when it is written, as from a provider (with
+                // Nagle on, small events wait for the peer's delayed ACK: ~40 ms).
+                let _ = stream.set_nodelay(true);
                 let state = state.clone();
                 let name = name.clone();
                 tokio::spawn(async move {
@@ -163,6 +167,7 @@ async fn handle(
     let fail_status = header_num(&req, "x-mock-status").filter(|_| fail_here);
     let cached = header_num(&req, "x-mock-cached-tokens").unwrap_or(0);
     let reasoning = header_num(&req, "x-mock-reasoning-tokens").unwrap_or(0);
+    let reply_words = header_num(&req, "x-mock-reply-words").map(|n| n.min(100_000) as usize);
     let required = state.args.credentials.iter().find_map(|c| {
         c.strip_prefix(listener.as_str())
             .and_then(|rest| rest.strip_prefix('='))
@@ -298,7 +303,7 @@ async fn handle(
             });
         }
     };
-    let reply = Reply::new(api, &request, seq, cached, reasoning);
+    let reply = Reply::new(api, &request, seq, cached, reasoning, reply_words);
     // What this answer reports as usage, in the API's own shape, for tests to compare with.
     let reported = match api {
         Api::OpenAi => reply.openai_usage(),
@@ -454,7 +459,14 @@ fn word_count(s: &str) -> u64 {
 }
 
 impl Reply {
-    fn new(api: Api, request: &Value, n: u64, cached: u64, reasoning: u64) -> Reply {
+    fn new(
+        api: Api,
+        request: &Value,
+        n: u64,
+        cached: u64,
+        reasoning: u64,
+        reply_words: Option<usize>,
+    ) -> Reply {
         let model = request
             .get("model")
             .and_then(Value::as_str)
@@ -482,7 +494,10 @@ impl Reply {
         if let Some(system) = request.get("system") {
             prompt_tokens += 4 + word_count(&content_text(system));
         }
-        let echo: String = last_user.chars().take(200).collect();
+        let echo: String = match reply_words {
+            Some(n) => "word ".repeat(n.saturating_sub(4)),
+            None => last_user.chars().take(200).collect(),
+        };
         let text = format!("Mock reply from {model}: {echo}");
         let mut words: Vec<String> = text.split_inclusive(' ').map(str::to_string).collect();
         // Like the real APIs, stop at max_tokens (one word, one token here).
