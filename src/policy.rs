@@ -445,7 +445,7 @@ impl PolicySet {
         let names: Vec<String> = set.policies.keys().cloned().collect();
         for name in names {
             for probe in probe_inputs() {
-                set.evaluate(&name, &probe)
+                set.evaluate(&name, probe)
                     .map_err(|e| format!("policy {name}: {e}"))?;
             }
         }
@@ -505,8 +505,8 @@ impl PolicySet {
 
     /// Evaluates policy `name` on `input`: on the VM, or (on the host) the interpreter
     /// if the VM cannot.
-    pub fn evaluate(&mut self, name: &str, input: &serde_json::Value) -> Result<Decision, String> {
-        let input = Value::from(input.clone());
+    pub fn evaluate(&mut self, name: &str, input: serde_json::Value) -> Result<Decision, String> {
+        let input = Value::from(input);
         let p = self
             .policies
             .get_mut(name)
@@ -838,7 +838,7 @@ tags contains "reviewed"
     fn decisions() {
         let mut s = set();
         assert_eq!(s.names(), vec!["demo"]);
-        let d = s.evaluate("demo", &input("interns", "best", None)).unwrap();
+        let d = s.evaluate("demo", input("interns", "best", None)).unwrap();
         assert_eq!(
             d.denial().unwrap(),
             Denial {
@@ -848,17 +848,17 @@ tags contains "reviewed"
             }
         );
         assert_eq!(d.tags, vec!["reviewed"]);
-        let d = s.evaluate("demo", &input("noisy", "fast", None)).unwrap();
+        let d = s.evaluate("demo", input("noisy", "fast", None)).unwrap();
         assert_eq!(d.denial().unwrap().status, 429);
         assert_eq!(d.denial().unwrap().retry_after, Some(30));
         let d = s
-            .evaluate("demo", &input("support", "best", Some("free")))
+            .evaluate("demo", input("support", "best", Some("free")))
             .unwrap();
         assert!(d.denial().is_none());
         assert_eq!((d.tier.as_deref(), d.max_tokens), (Some("fast"), Some(256)));
-        let d = s.evaluate("demo", &input("other", "best", None)).unwrap();
+        let d = s.evaluate("demo", input("other", "best", None)).unwrap();
         assert_eq!((d.tier, d.max_tokens), (None, None));
-        assert!(s.evaluate("nope", &input("x", "y", None)).is_err());
+        assert!(s.evaluate("nope", input("x", "y", None)).is_err());
     }
 
     #[test]
@@ -891,7 +891,7 @@ tags contains "reviewed"
         let mut i = input("t", "fast", None);
         i["messages"] = json!([{"role": "user", "text": "my card 4111111111111111"}]);
         assert_eq!(
-            s.evaluate("dlp", &i).unwrap().denial().unwrap().reason,
+            s.evaluate("dlp", i).unwrap().denial().unwrap().reason,
             "card"
         );
     }
@@ -948,7 +948,7 @@ tags contains "reviewed"
                             i["messages"] = json!([{"role": "user", "text": text}]);
                             for policy in ["standard", "dlp"] {
                                 let want = reference.interpret(policy, Value::from(i.clone()));
-                                let got = filter.evaluate(policy, &i);
+                                let got = filter.evaluate(policy, i.clone());
                                 assert_eq!(
                                     got, want,
                                     "{policy} {plan} {team} {model} {unix} {text}"
@@ -985,7 +985,7 @@ tags contains "reviewed"
         let e = s.bundled().unwrap_err();
         assert!(e.contains("policy with") && e.contains("VM"), "{e}");
         // On the host (weir policy eval) the interpreter still runs it.
-        let d = s.evaluate("with", &input("t", "fast", None)).unwrap();
+        let d = s.evaluate("with", input("t", "fast", None)).unwrap();
         assert_eq!(d.denial().unwrap().reason, "x");
     }
 

@@ -362,7 +362,7 @@ fn bundle_ships_compiled_policies_and_refuses_what_the_vm_cannot_run() {
         model: "best",
         ..Default::default()
     });
-    let d = policies_set.evaluate("p", &input).unwrap();
+    let d = policies_set.evaluate("p", input).unwrap();
     assert_eq!(d.denial().unwrap().reason, "no best");
     assert_eq!(d.max_tokens, Some(64));
 

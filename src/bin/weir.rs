@@ -531,9 +531,9 @@ fn policy(command: PolicyCommand) -> Result<(), String> {
                 );
             }
             let started = std::time::Instant::now();
-            let mut decision = set.evaluate(&policy, &input_doc)?;
+            let mut decision = set.evaluate(&policy, input_doc.clone())?;
             for _ in 1..repeat {
-                decision = set.evaluate(&policy, &input_doc)?;
+                decision = set.evaluate(&policy, input_doc.clone())?;
             }
             if repeat > 1 {
                 eprintln!(

@@ -201,7 +201,7 @@ impl WeirHttp {
             now_unix,
             usage: usage_now,
         });
-        let result = policies.borrow_mut().evaluate(name, &input);
+        let result = policies.borrow_mut().evaluate(name, input);
         let micros = host::now()
             .duration_since(now)
             .map(|d| d.as_micros() as u64)
