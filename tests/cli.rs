@@ -373,6 +373,13 @@ fn bundle_ships_compiled_policies_and_refuses_what_the_vm_cannot_run() {
         "package weir.policy.w\n\ndeny contains \"x\" if {\n\tnot data.caps.t with data.caps as {}\n}\n",
     )
     .unwrap();
+    let check = weir(&["check", config.to_str().unwrap()]);
+    assert!(!check.status.success());
+    assert!(
+        stdout(&check).contains("  w: regorus's VM cannot compile it"),
+        "{}",
+        stdout(&check)
+    );
     let run = bundle();
     assert!(!run.status.success());
     let err = stderr(&run);

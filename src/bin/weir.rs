@@ -193,11 +193,18 @@ fn run(cli: Cli) -> Result<(), String> {
                     if interpreted.is_empty() {
                         ""
                     } else {
-                        "; run by the interpreter (slower):"
+                        "; not compiled, so `weir bundle` refuses them:"
                     }
                 );
-                for (name, why) in interpreted {
+                for (name, why) in &interpreted {
                     println!("  {name}: {why}");
+                }
+                if !interpreted.is_empty() {
+                    return Err(format!(
+                        "{}: {} policies cannot be bundled",
+                        config.display(),
+                        interpreted.len()
+                    ));
                 }
             }
             Ok(())
