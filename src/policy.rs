@@ -184,6 +184,9 @@ fn parse_decision(raw: RawResult) -> Result<Decision, String> {
 #[serde(deny_unknown_fields)]
 pub struct BundledPolicy {
     pub needs_messages: bool,
+    /// The top-level input fields the policies read (`None`: all, or not known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_fields: Option<Vec<String>>,
     /// The VM program (regorus's binary serialisation), base64.
     pub program: String,
 }
@@ -191,6 +194,7 @@ pub struct BundledPolicy {
 /// One policy, ready to run.
 struct Prepared {
     needs_messages: bool,
+    input_fields: Option<Vec<String>>,
     /// `data.weir.eval.<name>.result` on the VM; `None`: only the interpreter runs it.
     vm: Option<RegoVM>,
     /// What `weir bundle` ships (host only).
@@ -278,6 +282,66 @@ impl std::fmt::Debug for PolicySet {
     }
 }
 
+/// The top-level fields of `input` that Rego sources read, when every use of `input` is
+/// `input.<field>` outside strings and comments; `None` (all fields) for any other use
+/// (`input[x]`, `f(input)`, `x := input`), so the answer never leaves out a field.
+pub fn referenced_input_fields<'a>(texts: impl Iterator<Item = &'a str>) -> Option<Vec<String>> {
+    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut fields = std::collections::BTreeSet::new();
+    for text in texts {
+        let b = text.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'#' => {
+                    while i < b.len() && b[i] != b'\n' {
+                        i += 1;
+                    }
+                }
+                b'"' => {
+                    i += 1;
+                    while i < b.len() && b[i] != b'"' {
+                        i += if b[i] == b'\\' { 2 } else { 1 };
+                    }
+                    i += 1;
+                }
+                b'`' => {
+                    i += 1;
+                    while i < b.len() && b[i] != b'`' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                c if ident(c) => {
+                    let start = i;
+                    while i < b.len() && ident(b[i]) {
+                        i += 1;
+                    }
+                    if &b[start..i] != b"input" {
+                        continue;
+                    }
+                    // `input` must be followed by `.field`.
+                    let field_start = i + 1;
+                    if b.get(i) != Some(&b'.')
+                        || !b
+                            .get(field_start)
+                            .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
+                    {
+                        return None;
+                    }
+                    i = field_start;
+                    while i < b.len() && ident(b[i]) {
+                        i += 1;
+                    }
+                    fields.insert(text[field_start..i].to_string());
+                }
+                _ => i += 1,
+            }
+        }
+    }
+    Some(fields.into_iter().collect())
+}
+
 /// A name usable as a Rego package segment and a header value.
 pub fn valid_policy_name(name: &str) -> bool {
     !name.is_empty()
@@ -323,6 +387,8 @@ impl PolicySet {
         engine
             .add_data(data.clone())
             .map_err(|e| format!("policy data: {e}"))?;
+        // One list for the whole set: a policy may read input through any module it imports.
+        let input_fields = referenced_input_fields(modules.iter().map(|m| m.text.as_str()));
         let mut policies = HashMap::new();
         for name in &names {
             engine.set_input(Value::from(json!({})));
@@ -343,6 +409,7 @@ impl PolicySet {
                 name.clone(),
                 Prepared {
                     needs_messages: needs == Value::from(true),
+                    input_fields: input_fields.clone(),
                     vm,
                     program,
                     interpreted_because,
@@ -419,6 +486,7 @@ impl PolicySet {
                 name.clone(),
                 Prepared {
                     needs_messages: b.needs_messages,
+                    input_fields: b.input_fields.clone(),
                     vm: Some(vm),
                     #[cfg(not(target_arch = "wasm32"))]
                     program: None,
@@ -471,6 +539,7 @@ impl PolicySet {
                 name.clone(),
                 BundledPolicy {
                     needs_messages: p.needs_messages,
+                    input_fields: p.input_fields.clone(),
                     program: base64::engine::general_purpose::STANDARD.encode(bytes),
                 },
             );
@@ -501,6 +570,12 @@ impl PolicySet {
 
     pub fn needs_messages(&self, name: &str) -> bool {
         self.policies.get(name).is_some_and(|p| p.needs_messages)
+    }
+
+    /// The top-level input fields policy `name` may read (`None`: all of them). The input
+    /// for it is built with only these: the rest is never read, so never built.
+    pub fn input_fields(&self, name: &str) -> Option<&[String]> {
+        self.policies.get(name)?.input_fields.as_deref()
     }
 
     /// Evaluates policy `name` on `input`: on the VM, or (on the host) the interpreter
@@ -669,33 +744,62 @@ pub struct InputParts<'a> {
 
 /// Builds the input document.
 pub fn build_input(p: &InputParts<'_>) -> serde_json::Value {
-    let headers: serde_json::Map<String, serde_json::Value> = p
-        .headers
-        .iter()
-        .map(|(k, v)| (k.clone(), json!(v)))
-        .collect();
-    let mut input = json!({
-        "version": INPUT_VERSION,
-        "request": {"id": p.request_id, "method": p.method, "path": p.path, "endpoint": p.endpoint, "api": p.api, "headers": headers},
-        "caller": p.caller,
-        "directives": {
-            "user": p.user, "run_id": p.run_id, "tags": p.tags, "policy": p.policy, "locale": p.locale,
-            "plan": p.caller.metadata.get("plan"), "region": p.caller.metadata.get("region"),
-        },
-        "model": {"requested": p.model, "is_tier": p.is_tier},
-        "params": p.params,
-        "time": time_parts(p.now_unix),
-    });
-    if let Some(usage) = &p.usage {
-        input["usage"] = usage.clone();
-    }
-    if let Some(messages) = &p.messages {
-        input["messages"] = messages
+    build_input_with(p, None)
+}
+
+/// Builds the input document with only the top-level `fields` (`None`: all of them).
+pub fn build_input_with(p: &InputParts<'_>, fields: Option<&[String]>) -> serde_json::Value {
+    let wants = |f: &str| fields.is_none_or(|fs| fs.iter().any(|x| x == f));
+    let mut input = serde_json::Map::new();
+    input.insert("version".into(), json!(INPUT_VERSION));
+    if wants("request") {
+        let headers: serde_json::Map<String, serde_json::Value> = p
+            .headers
             .iter()
-            .map(|(role, text)| json!({"role": role, "text": text}))
+            .map(|(k, v)| (k.clone(), json!(v)))
             .collect();
+        input.insert(
+            "request".into(),
+            json!({"id": p.request_id, "method": p.method, "path": p.path, "endpoint": p.endpoint, "api": p.api, "headers": headers}),
+        );
     }
-    input
+    if wants("caller") {
+        input.insert("caller".into(), json!(p.caller));
+    }
+    if wants("directives") {
+        input.insert(
+            "directives".into(),
+            json!({
+                "user": p.user, "run_id": p.run_id, "tags": p.tags, "policy": p.policy, "locale": p.locale,
+                "plan": p.caller.metadata.get("plan"), "region": p.caller.metadata.get("region"),
+            }),
+        );
+    }
+    if wants("model") {
+        input.insert(
+            "model".into(),
+            json!({"requested": p.model, "is_tier": p.is_tier}),
+        );
+    }
+    if wants("params") {
+        input.insert("params".into(), json!(p.params));
+    }
+    if wants("time") {
+        input.insert("time".into(), time_parts(p.now_unix));
+    }
+    if let Some(usage) = p.usage.as_ref().filter(|_| wants("usage")) {
+        input.insert("usage".into(), usage.clone());
+    }
+    if let Some(messages) = p.messages.as_ref().filter(|_| wants("messages")) {
+        input.insert(
+            "messages".into(),
+            messages
+                .iter()
+                .map(|(role, text)| json!({"role": role, "text": text}))
+                .collect(),
+        );
+    }
+    serde_json::Value::Object(input)
 }
 
 /// The time, broken down in UTC (Rego in wasm has no clock builtins).
@@ -948,7 +1052,15 @@ tags contains "reviewed"
                             i["messages"] = json!([{"role": "user", "text": text}]);
                             for policy in ["standard", "dlp"] {
                                 let want = reference.interpret(policy, Value::from(i.clone()));
-                                let got = filter.evaluate(policy, i.clone());
+                                // The filter builds only the fields the policies read.
+                                let mut pruned = i.clone();
+                                let fields = filter.input_fields(policy).unwrap().to_vec();
+                                pruned
+                                    .as_object_mut()
+                                    .unwrap()
+                                    .retain(|k, _| k == "version" || fields.contains(k));
+                                assert!(pruned.as_object().unwrap().len() < 9);
+                                let got = filter.evaluate(policy, pruned);
                                 assert_eq!(
                                     got, want,
                                     "{policy} {plan} {team} {model} {unix} {text}"
@@ -1010,6 +1122,59 @@ tags contains "reviewed"
         let program = bad.remove("dlp").unwrap();
         bad.insert("Not-A-Name".into(), program);
         assert!(PolicySet::load(&bad, &data, None).is_err());
+    }
+
+    #[test]
+    fn the_input_fields_a_policy_reads_are_found() {
+        let (modules, _) = samples();
+        let fields = referenced_input_fields(modules.iter().map(|m| m.text.as_str()));
+        assert_eq!(
+            fields.as_deref(),
+            Some(&["caller", "messages", "model", "time"].map(String::from)[..])
+        );
+        let of = |t: &str| referenced_input_fields([t].into_iter());
+        // Strings and comments do not count; imports do.
+        assert_eq!(
+            of("import input.request as r\n# input[x]\np := \"input\" if `input` == r.id\n"),
+            Some(vec!["request".to_string()])
+        );
+        // Any other use of `input` means every field.
+        for t in [
+            "x := input[\"caller\"]",
+            "x := object.get(input, \"caller\", 1)",
+            "x := input",
+            "x := input.",
+            "x := input . caller",
+        ] {
+            assert_eq!(of(t), None, "{t}");
+        }
+        assert_eq!(of("my_input := 1\ninputs := 2"), Some(vec![]));
+        // The set carries the list to the filter, and the input is built with those only.
+        let (modules, data) = samples();
+        let set = PolicySet::compile(&modules, &data, None).unwrap();
+        let bundled = set.bundled().unwrap();
+        let loaded = PolicySet::load(&bundled, &data, None).unwrap();
+        let fields = loaded.input_fields("standard").unwrap();
+        let mut i = InputParts {
+            headers: vec![("user-agent".into(), "x".into())],
+            usage: Some(json!({"key": {}})),
+            messages: Some(vec![("user".into(), "hi".into())]),
+            ..Default::default()
+        };
+        i.caller.kind = "api_key";
+        let built = build_input_with(&i, Some(fields));
+        let mut keys: Vec<&str> = built
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["caller", "messages", "model", "time", "version"]);
+        assert_eq!(built["caller"], build_input(&i)["caller"]);
+        let all = build_input_with(&i, None);
+        assert_eq!(all.as_object().unwrap().len(), 9);
+        assert_eq!(all, build_input(&i));
     }
 
     #[test]

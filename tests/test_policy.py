@@ -189,6 +189,39 @@ def test_policy_changes_without_restarting_envoy(pol, rid):
     assert pol.stack.envoy.pid == envoy_pid and pol.stack.envoy.poll() is None
 
 
+def test_policies_see_every_input_field_they_read(pol, rid):
+    """The filter builds only the input fields the bundled policies read (found in their
+    source by `weir bundle`): each field a policy names must still be there."""
+    (pol.policies / "fields.rego").write_text(
+        "package weir.policy.fields\n\n"
+        'deny contains "curl is not welcome" if input.request.headers["user-agent"] == "curl-test"\n\n'
+        'deny contains "mallory is blocked" if input.directives.user == "mallory"\n\n'
+        'deny contains "at most 1000 tokens" if input.params.max_tokens > 1000\n\n'
+        'tags contains sprintf("team-tag:%s", [input.request.headers["x-team-tag"]])\n'
+    )
+    try:
+        pol.deploy()
+        policy = {"x-weir-policy": "fields"}
+        deadline = time.monotonic() + 10
+        while (ok := pol.chat(DEMO_KEY, rid, None, {**policy, "x-team-tag": "blue"})).status_code == 400:
+            assert time.monotonic() < deadline, ok.text
+            time.sleep(0.05)
+        assert ok.status_code == 200, ok.text
+        assert "team-tag:blue" in pol.audit(rid)["tags"]
+        denied = {
+            "curl is not welcome": pol.chat(DEMO_KEY, rid + "-ua", None, {**policy, "user-agent": "curl-test"}),
+            "mallory is blocked": pol.chat(DEMO_KEY, rid + "-user", None, {**policy, "x-weir-user": "mallory"}),
+            "at most 1000 tokens": pol.chat(DEMO_KEY, rid + "-max", {"model": "fast", "max_tokens": 2000,
+                                                                   "messages": MESSAGES}, policy),
+        }
+        for reason, response in denied.items():
+            assert response.status_code == 403, (reason, response.text)
+            assert reason in response.json()["error"]["message"]
+    finally:
+        (pol.policies / "fields.rego").unlink(missing_ok=True)
+        pol.deploy()
+
+
 def test_policy_eval_time_is_a_metric(pol):
     text = httpx.get(pol.stack.admin + "/stats/prometheus").text
     assert 'weir_policy_eval_us_count{policy="standard"}' in text or 'weir_policy_eval_us_bucket{policy="standard"' in text

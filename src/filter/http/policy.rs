@@ -132,6 +132,9 @@ impl WeirHttp {
             ));
         };
         let needs_messages = policies.borrow().needs_messages(name);
+        // Only what the policy reads is built (headers, usage and time cost host calls).
+        let fields = policies.borrow().input_fields(name).map(<[String]>::to_vec);
+        let wants = |f: &str| fields.as_ref().is_none_or(|fs| fs.iter().any(|x| x == f));
         let essentials = request.essentials(needs_messages);
         let caller = match &self.caller {
             Some(Caller::Key(i)) => match gateway.keys.get(*i) {
@@ -157,7 +160,12 @@ impl WeirHttp {
             },
             None => CallerInput::default(),
         };
-        let headers: Vec<(String, String)> = host::headers(REQUEST_HEADERS)
+        let all_headers = if wants("request") {
+            host::headers(REQUEST_HEADERS)
+        } else {
+            Vec::new()
+        };
+        let headers: Vec<(String, String)> = all_headers
             .into_iter()
             .filter(|(k, _)| {
                 !k.starts_with(':')
@@ -166,41 +174,53 @@ impl WeirHttp {
             })
             .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
             .collect();
-        let locale = host::header_str(REQUEST_HEADERS, "accept-language")
-            .and_then(|l| l.split([',', ';']).next().map(|l| l.trim().to_string()));
+        let locale = if wants("directives") {
+            host::header_str(REQUEST_HEADERS, "accept-language")
+                .and_then(|l| l.split([',', ';']).next().map(|l| l.trim().to_string()))
+        } else {
+            None
+        };
         let now = host::now();
         let now_unix = now
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
         // Policies see the caller's usage against its limits (read, not reserved).
-        let usage_now = gateway.limits.as_ref().map(|limits| {
-            let key_id = self.record.key_id.clone().unwrap_or_default();
-            let team = self.record.team.clone().unwrap_or_default();
-            let subjects = limit_subjects(limits, &key_id, &team, self.directives.user.as_deref());
-            usage_snapshot(&SharedData, &subjects, now_unix)
-        });
+        let usage_now = gateway
+            .limits
+            .as_ref()
+            .filter(|_| wants("usage"))
+            .map(|limits| {
+                let key_id = self.record.key_id.clone().unwrap_or_default();
+                let team = self.record.team.clone().unwrap_or_default();
+                let subjects =
+                    limit_subjects(limits, &key_id, &team, self.directives.user.as_deref());
+                usage_snapshot(&SharedData, &subjects, now_unix)
+            });
         let run_id = self.run_id().to_string();
-        let input = build_input(&InputParts {
-            request_id: &self.record.request_id,
-            method: &self.record.method,
-            path: &self.record.path,
-            endpoint: self.record.endpoint.unwrap_or(""),
-            api: self.api.as_str(),
-            headers,
-            caller,
-            user: self.directives.user.as_deref(),
-            run_id: &run_id,
-            tags: &self.record.tags,
-            locale: locale.as_deref(),
-            policy: name,
-            model: &request.model,
-            is_tier: gateway.tiers.contains_key(&request.model),
-            params: ParamsInput::new(request.stream, &essentials),
-            messages: essentials.messages,
-            now_unix,
-            usage: usage_now,
-        });
+        let input = build_input_with(
+            &InputParts {
+                request_id: &self.record.request_id,
+                method: &self.record.method,
+                path: &self.record.path,
+                endpoint: self.record.endpoint.unwrap_or(""),
+                api: self.api.as_str(),
+                headers,
+                caller,
+                user: self.directives.user.as_deref(),
+                run_id: &run_id,
+                tags: &self.record.tags,
+                locale: locale.as_deref(),
+                policy: name,
+                model: &request.model,
+                is_tier: gateway.tiers.contains_key(&request.model),
+                params: ParamsInput::new(request.stream, &essentials),
+                messages: essentials.messages,
+                now_unix,
+                usage: usage_now,
+            },
+            fields.as_deref(),
+        );
         let result = policies.borrow_mut().evaluate(name, input);
         let micros = host::now()
             .duration_since(now)
