@@ -43,6 +43,30 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// `weir bundle CONFIG --wasm WASM --out OUT`, to run (with more env if needed).
+fn bundle_command(config: &Path, wasm: &Path, out: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_weir"));
+    command.args([
+        "bundle",
+        config.to_str().unwrap(),
+        "--wasm",
+        wasm.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    command
+}
+
+/// The filter's configuration (the plugin JSON) inside a bundle file.
+fn plugin_of(bundle: &Path) -> String {
+    let resource: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bundle).unwrap()).unwrap();
+    resource["resources"][0]["typed_config"]["config"]["configuration"]["value"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 #[test]
 fn new_prints_the_secret_once_and_stores_only_its_hash() {
     let path = temp_config("new");
@@ -246,24 +270,12 @@ targets = [{{ provider = "azure", model = "gpt-4o" }}, {{ provider = "anthropic"
     let wasm = dir.join("weir.wasm");
     std::fs::write(&wasm, b"\0asm").unwrap();
     let out = dir.join("bundle.json");
-    let run = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args([
-            "bundle",
-            config.to_str().unwrap(),
-            "--wasm",
-            wasm.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
+    let run = bundle_command(&config, &wasm, &out)
         .env("WEIR_TEST_ANTHROPIC_KEY", "anthropic-secret-from-env")
         .output()
         .unwrap();
     assert!(run.status.success(), "{}", stderr(&run));
-    let resource: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-    let plugin = resource["resources"][0]["typed_config"]["config"]["configuration"]["value"]
-        .as_str()
-        .unwrap();
+    let plugin = plugin_of(&out);
     let gateway = Config::from_json(plugin.as_bytes())
         .unwrap()
         .compile()
@@ -326,24 +338,11 @@ fn bundle_ships_compiled_policies_and_refuses_what_the_vm_cannot_run() {
     let wasm = dir.join("weir.wasm");
     std::fs::write(&wasm, b"\0asm").unwrap();
     let out = dir.join("bundle.json");
-    let bundle = || {
-        weir(&[
-            "bundle",
-            config.to_str().unwrap(),
-            "--wasm",
-            wasm.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-    };
+    let bundle = || bundle_command(&config, &wasm, &out).output().unwrap();
     let run = bundle();
     assert!(run.status.success(), "{}", stderr(&run));
-    let resource: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-    let plugin = resource["resources"][0]["typed_config"]["config"]["configuration"]["value"]
-        .as_str()
-        .unwrap();
-    let json: serde_json::Value = serde_json::from_str(plugin).unwrap();
+    let plugin = plugin_of(&out);
+    let json: serde_json::Value = serde_json::from_str(&plugin).unwrap();
     assert!(json["policy"]["modules"].is_null(), "{}", json["policy"]);
     assert!(json["policy"]["programs"]["p"]["program"].is_string());
     // The bundle alone decides, as the filter does (no modules to fall back on).
