@@ -40,11 +40,12 @@ wasm: wasm-target
 # rustc's wasm32-wasip1 target emits). Without npm, the unoptimised module is used.
 $(WASM): $(RAW_WASM)
 	@if [ ! -x $(WASM_OPT) ] && command -v npm >/dev/null; then \
-	  npm install --silent --no-audit --no-fund --prefix $(dir $(WASM_OPT))../.. binaryen@$(BINARYEN_VERSION); fi
+	  npm install --silent --no-audit --no-fund --prefix $(dir $(WASM_OPT))../.. binaryen@$(BINARYEN_VERSION) \
+	    || echo "warning: could not install binaryen from npm" >&2; fi
 	@if [ -x $(WASM_OPT) ]; then \
 	  $(WASM_OPT) -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
 	    --enable-mutable-globals $(RAW_WASM) -o $@.tmp && mv $@.tmp $@; \
-	else echo "warning: npm not found; $(WASM) is not optimised by wasm-opt" >&2; cp $(RAW_WASM) $@; fi
+	else echo "warning: no wasm-opt (npm missing or failed); $(WASM) is not optimised" >&2; cp $(RAW_WASM) $@; fi
 	@ls -l $@ | awk '{printf "%s: %.2f MB\n", $$NF, $$5 / 1e6}'
 
 bins:
