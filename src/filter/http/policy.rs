@@ -131,10 +131,12 @@ impl WeirHttp {
                 "No policies are configured.",
             ));
         };
-        let needs_messages = policies.borrow().needs_messages(name);
+        // Read-only until the input is built; evaluating needs the set mutably.
+        let set = policies.borrow();
+        let needs_messages = set.needs_messages(name);
         // Only what the policy reads is built (headers, usage and time cost host calls).
-        let fields = policies.borrow().input_fields(name).map(<[String]>::to_vec);
-        let wants = |f: &str| fields.as_ref().is_none_or(|fs| fs.iter().any(|x| x == f));
+        let fields = set.input_fields(name);
+        let wants = |f: &str| fields.is_none_or(|fs| fs.iter().any(|x| x == f));
         let essentials = request.essentials(needs_messages);
         let caller = match &self.caller {
             Some(Caller::Key(i)) => match gateway.keys.get(*i) {
@@ -219,8 +221,9 @@ impl WeirHttp {
                 now_unix,
                 usage: usage_now,
             },
-            fields.as_deref(),
+            fields,
         );
+        drop(set);
         let result = policies.borrow_mut().evaluate(name, input);
         let micros = host::now()
             .duration_since(now)
