@@ -10,6 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub const OK: u32 = 0;
 pub const NOT_FOUND: u32 = 1;
+/// proxy-wasm's `ParseFailure` status.
+pub const PARSE_FAILURE: u32 = 4;
 
 pub const REQUEST_HEADERS: u32 = 0;
 pub const RESPONSE_HEADERS: u32 = 2;
@@ -267,16 +269,18 @@ extern "C" {
     ) -> u32;
 }
 
-/// All headers of a map, values as raw bytes; empty when unreadable.
-pub fn headers(map: u32) -> Vec<(String, Vec<u8>)> {
+/// All headers of a map, values as raw bytes; the host status when unreadable.
+pub fn headers(map: u32) -> Result<Vec<(String, Vec<u8>)>, u32> {
     let mut data = null_mut();
     let mut size = 0;
     // SAFETY: pointers are valid for the call; the host writes the out-parameters.
     let status = unsafe { proxy_get_header_map_pairs(map, &mut data, &mut size) };
     if status != OK {
-        return Vec::new();
+        return Err(status);
     }
-    parse_header_pairs(&owned(data, size)).unwrap_or_default()
+    // A map that does not decode is as unreadable as a failed call (status 0 is OK, so
+    // report it as the ABI's "parse failure").
+    parse_header_pairs(&owned(data, size)).ok_or(PARSE_FAILURE)
 }
 
 /// Decodes the ABI's header map encoding (see `serialize_headers`), checking every bound.

@@ -45,7 +45,7 @@ impl WeirHttp {
                 )
             })?;
             if let Some(id) = &from_body.request_id {
-                if host::header(REQUEST_HEADERS, REQUEST_ID_HEADER).is_none() {
+                if !self.headers.contains(REQUEST_ID_HEADER) {
                     match valid_request_id(id.as_bytes()) {
                         Some(id) => {
                             self.record.request_id = id;
@@ -126,9 +126,7 @@ impl WeirHttp {
             host::set_header(REQUEST_HEADERS, name, &value.0)
                 .map_err(|s| self.internal("setting the provider credential", s))?;
         }
-        if provider.api == Api::Anthropic
-            && host::header(REQUEST_HEADERS, "anthropic-version").is_none()
-        {
+        if provider.api == Api::Anthropic && !self.headers.contains("anthropic-version") {
             host::set_header(
                 REQUEST_HEADERS,
                 "anthropic-version",
@@ -220,7 +218,8 @@ impl WeirHttp {
             .map_err(|s| self.internal("setting the path", s))?;
         self.set_route_headers(gateway, plan)?;
         for name in ["authorization", "x-api-key", "api-key"] {
-            host::remove_header(REQUEST_HEADERS, name)
+            self.headers
+                .remove(name)
                 .map_err(|s| self.internal("removing credentials", s))?;
         }
         if let Some((name, value)) = &provider.credential_header {
@@ -233,7 +232,7 @@ impl WeirHttp {
                 "anthropic-version",
                 &provider.anthropic_version,
             ),
-            Api::Openai => host::remove_header(REQUEST_HEADERS, "anthropic-version"),
+            Api::Openai => self.headers.remove("anthropic-version"),
         }
         .map_err(|s| self.internal("setting anthropic-version", s))?;
         host::set_header(REQUEST_HEADERS, REQUEST_ID_HEADER, &self.record.request_id)

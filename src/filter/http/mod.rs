@@ -12,6 +12,7 @@ use std::time::SystemTime;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
+use super::headers::HeaderSnapshot;
 use super::host::{self, REQUEST_BODY, REQUEST_HEADERS, RESPONSE_BODY, RESPONSE_HEADERS};
 use super::metrics;
 use super::store::SharedData;
@@ -139,6 +140,9 @@ pub struct WeirHttp {
     /// The API of the provider serving the request (responses are metered in it).
     provider_api: Api,
     stream_translator: Option<StreamTranslation>,
+    /// The request headers, read once in the headers phase and kept in step with Weir's
+    /// edits until the request is forwarded.
+    headers: HeaderSnapshot,
 }
 
 impl WeirHttp {
@@ -167,6 +171,7 @@ impl WeirHttp {
             client_include_usage: false,
             provider_api: Api::Openai,
             stream_translator: None,
+            headers: HeaderSnapshot::default(),
         }
     }
 
@@ -211,17 +216,18 @@ impl WeirHttp {
 
     /// Reads the `x-weir-*` directive headers.
     fn header_directives(&mut self) -> Result<(), Action> {
-        let read = |name: &str| host::header(REQUEST_HEADERS, name);
+        let headers = &self.headers;
+        let read = |name: &str| headers.get(name);
         let mut d = Directives::default();
         let result = (|| -> Result<(), String> {
             d.user = read("x-weir-user")
-                .map(|v| directives::check_id("x-weir-user", &v))
+                .map(|v| directives::check_id("x-weir-user", v))
                 .transpose()?;
             d.run_id = read(RUN_ID_HEADER)
-                .map(|v| directives::check_id(RUN_ID_HEADER, &v))
+                .map(|v| directives::check_id(RUN_ID_HEADER, v))
                 .transpose()?;
             d.policy = read("x-weir-policy")
-                .map(|v| directives::check_id("x-weir-policy", &v))
+                .map(|v| directives::check_id("x-weir-policy", v))
                 .transpose()?;
             if let Some(tags) = read("x-weir-tags") {
                 d.tags = directives::check_tags(&tags.split(|b| *b == b',').collect::<Vec<_>>())?;
@@ -252,9 +258,9 @@ impl WeirHttp {
     /// present, else the API key.
     fn identify(&mut self, gateway: &Gateway) -> Result<Caller, Action> {
         if let Some(config) = &gateway.jwt {
-            if let Some(payload) = host::header(REQUEST_HEADERS, &config.payload_header) {
+            if let Some(payload) = self.headers.get(&config.payload_header) {
                 self.record.identity = Some("jwt");
-                return match jwt::identity(config, &payload) {
+                return match jwt::identity(config, payload) {
                     Ok(identity) => {
                         self.record.key_id = Some(identity.id.clone());
                         self.record.team = Some(identity.team.clone());
@@ -272,9 +278,9 @@ impl WeirHttp {
             }
         }
         self.record.identity = Some("api_key");
-        let authorization = host::header_str(REQUEST_HEADERS, "authorization");
-        let x_api_key = host::header_str(REQUEST_HEADERS, "x-api-key");
-        let index = match presented_key(authorization.as_deref(), x_api_key.as_deref()) {
+        let authorization = self.headers.get_str("authorization");
+        let x_api_key = self.headers.get_str("x-api-key");
+        let index = match presented_key(authorization, x_api_key) {
             PresentedKey::Missing => {
                 return Err(self.reject(GatewayError::new(
                     ErrorKind::Unauthorized,
@@ -327,8 +333,23 @@ impl WeirHttp {
     }
 
     fn on_request_headers(&mut self, end_of_stream: bool) -> Result<Action, Action> {
-        let path = host::header_str(REQUEST_HEADERS, ":path").unwrap_or_default();
-        let method = host::header_str(REQUEST_HEADERS, ":method").unwrap_or_default();
+        self.headers = match HeaderSnapshot::read(REQUEST_HEADERS) {
+            Ok(headers) => headers,
+            Err(s) => {
+                self.record.request_id = envoy_request_id();
+                return Err(self.internal("reading the request headers", s));
+            }
+        };
+        let path = self
+            .headers
+            .get_str(":path")
+            .unwrap_or_default()
+            .to_string();
+        let method = self
+            .headers
+            .get_str(":method")
+            .unwrap_or_default()
+            .to_string();
         self.record.path = path
             .split('?')
             .next()
@@ -337,10 +358,7 @@ impl WeirHttp {
             .take(512)
             .collect();
         self.record.method = method.chars().take(16).collect();
-        self.api = error_api(
-            &path,
-            host::header(REQUEST_HEADERS, "anthropic-version").is_some(),
-        );
+        self.api = error_api(&path, self.headers.contains("anthropic-version"));
 
         let Some(gateway) = self.gateway.clone() else {
             return Err(self.reject(GatewayError::new(
@@ -349,11 +367,12 @@ impl WeirHttp {
             )));
         };
         // The route reads this header: a client must never choose the cluster itself.
-        host::remove_header(REQUEST_HEADERS, &gateway.settings.cluster_header)
+        self.headers
+            .remove(&gateway.settings.cluster_header)
             .map_err(|s| self.internal("removing the cluster header", s))?;
 
-        self.record.request_id = match host::header(REQUEST_HEADERS, REQUEST_ID_HEADER) {
-            Some(id) => match valid_request_id(&id) {
+        self.record.request_id = match self.headers.get(REQUEST_ID_HEADER) {
+            Some(id) => match valid_request_id(id) {
                 Some(id) => {
                     self.client_request_id = true;
                     id
@@ -370,7 +389,9 @@ impl WeirHttp {
             None => envoy_request_id(),
         };
         self.header_directives()?;
-        self.new_run = host::header(REQUEST_HEADERS, NEW_RUN_HEADER)
+        self.new_run = self
+            .headers
+            .get(NEW_RUN_HEADER)
             .is_some_and(|v| v.eq_ignore_ascii_case(b"true"));
 
         let passthrough =
@@ -417,23 +438,32 @@ impl WeirHttp {
 
         // Neither the client's credential nor its identity token goes upstream.
         for name in CLIENT_CREDENTIAL_HEADERS {
-            host::remove_header(REQUEST_HEADERS, name)
+            self.headers
+                .remove(name)
                 .map_err(|s| self.internal("removing the client credential", s))?;
         }
         if let Some(config) = &gateway.jwt {
-            host::remove_header(REQUEST_HEADERS, &config.payload_header)
+            self.headers
+                .remove(&config.payload_header)
                 .map_err(|s| self.internal("removing the token payload", s))?;
         }
         for name in DIRECTIVE_HEADERS.iter().chain(INTERNAL_HEADERS.iter()) {
-            host::remove_header(REQUEST_HEADERS, name)
+            self.headers
+                .remove(name)
                 .map_err(|s| self.internal("removing a directive header", s))?;
         }
         // `x-envoy-*` headers steer Envoy itself (timeouts, retries): never from a client.
-        for (name, _) in host::headers(REQUEST_HEADERS) {
-            if name.starts_with("x-envoy-") {
-                host::remove_header(REQUEST_HEADERS, &name)
-                    .map_err(|s| self.internal("removing an x-envoy header", s))?;
-            }
+        let envoy_headers: Vec<String> = self
+            .headers
+            .pairs()
+            .iter()
+            .filter(|(name, _)| name.to_ascii_lowercase().starts_with("x-envoy-"))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in envoy_headers {
+            self.headers
+                .remove(&name)
+                .map_err(|s| self.internal("removing an x-envoy header", s))?;
         }
 
         if endpoint == Endpoint::Passthrough {
@@ -453,7 +483,8 @@ impl WeirHttp {
                 "The request has no body; a JSON object is required.",
             )));
         }
-        if let Some(content_type) = host::header_str(REQUEST_HEADERS, "content-type") {
+        if let Some(content_type) = self.headers.get("content-type") {
+            let content_type = String::from_utf8_lossy(content_type);
             if !is_json_content_type(&content_type) {
                 return Err(self.reject(GatewayError::new(
                     ErrorKind::UnsupportedMediaType,
@@ -463,11 +494,13 @@ impl WeirHttp {
         }
         // Some clients put keys in the query string: never forward them.
         if let Some(clean) = strip_credential_params(&path) {
-            host::set_header(REQUEST_HEADERS, ":path", &clean)
+            self.headers
+                .set(":path", &clean)
                 .map_err(|s| self.internal("removing credentials from the query", s))?;
         }
         // The body will be rewritten: upstream gets it chunked rather than with a stale length.
-        host::remove_header(REQUEST_HEADERS, "content-length")
+        self.headers
+            .remove("content-length")
             .map_err(|s| self.internal("removing content-length", s))?;
         self.phase = Phase::AwaitingBody;
         Ok(Action::Pause)
@@ -499,9 +532,17 @@ impl HttpContext for WeirHttp {
         self.record.ttfb_ms = Some(millis(
             host::now().duration_since(self.started).unwrap_or_default(),
         ));
+        // One host call for the headers read below, instead of one per header.
+        let mut headers = HeaderSnapshot::read(RESPONSE_HEADERS).unwrap_or_else(|s| {
+            log::warn!("weir: could not read the response headers (host status {s})");
+            HeaderSnapshot::empty(RESPONSE_HEADERS)
+        });
         // On a failover tier, the per-attempt filter says which target answered.
-        if let Some(answer) = host::header_str(RESPONSE_HEADERS, super::upstream::TARGET_HEADER) {
-            let _ = host::remove_header(RESPONSE_HEADERS, super::upstream::TARGET_HEADER);
+        if let Some(answer) = headers
+            .get_str(super::upstream::TARGET_HEADER)
+            .map(str::to_string)
+        {
+            let _ = headers.remove(super::upstream::TARGET_HEADER);
             if let Some(gateway) = self.gateway.clone() {
                 let served = failover_target(&answer, 1)
                     .and_then(|(tier, i)| gateway.tiers.get(tier)?.targets.get(i).cloned());
@@ -519,7 +560,7 @@ impl HttpContext for WeirHttp {
                 }
             }
         }
-        let content_type = host::header(RESPONSE_HEADERS, "content-type").unwrap_or_default();
+        let content_type = headers.get("content-type").unwrap_or_default().to_vec();
         let streaming = content_type.starts_with(b"text/event-stream");
         // An OpenAI client gets exactly the stream it asked for: without the usage chunk
         // Weir (or a translated attempt) asked for, unless it asked itself.
@@ -543,12 +584,11 @@ impl HttpContext for WeirHttp {
                     }
                 });
             }
-            if let Err(s) = host::remove_header(RESPONSE_HEADERS, "content-length") {
+            if let Err(s) = headers.remove("content-length") {
                 log::warn!("weir: could not remove the response content-length (host status {s})");
             }
         }
-        let success =
-            host::header(RESPONSE_HEADERS, ":status").is_some_and(|s| s.starts_with(b"2"));
+        let success = headers.get(":status").is_some_and(|s| s.starts_with(b"2"));
         self.inject_metadata = self.translating.is_none()
             && !streaming
             && !end_of_stream
@@ -560,7 +600,7 @@ impl HttpContext for WeirHttp {
                 .is_some_and(|g| g.settings.response_metadata);
         if meter.rewrites() || self.inject_metadata {
             // The body changes length.
-            if let Err(s) = host::remove_header(RESPONSE_HEADERS, "content-length") {
+            if let Err(s) = headers.remove("content-length") {
                 log::warn!("weir: could not remove the response content-length (host status {s})");
             }
         }
@@ -569,8 +609,9 @@ impl HttpContext for WeirHttp {
             let _ = host::set_header(RESPONSE_HEADERS, &name, &value);
         }
         // Envoy reports retries in this header (virtual host `include_attempt_count_in_response`).
-        if let Some(n) =
-            host::header_str(RESPONSE_HEADERS, "x-envoy-attempt-count").and_then(|n| n.parse().ok())
+        if let Some(n) = headers
+            .get_str("x-envoy-attempt-count")
+            .and_then(|n| n.parse().ok())
         {
             self.record.attempts = n;
         }

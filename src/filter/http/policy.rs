@@ -163,21 +163,22 @@ impl WeirHttp {
             None => CallerInput::default(),
         };
         let all_headers = if wants("request") {
-            host::headers(REQUEST_HEADERS)
+            self.headers.pairs()
         } else {
-            Vec::new()
+            &[]
         };
         let headers: Vec<(String, String)> = all_headers
-            .into_iter()
+            .iter()
             .filter(|(k, _)| {
                 !k.starts_with(':')
                     && !SECRET_HEADERS.contains(&k.as_str())
                     && !k.starts_with("x-weir-")
             })
-            .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+            .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
             .collect();
         let locale = if wants("directives") {
-            host::header_str(REQUEST_HEADERS, "accept-language")
+            self.headers
+                .get_str("accept-language")
                 .and_then(|l| l.split([',', ';']).next().map(|l| l.trim().to_string()))
         } else {
             None
