@@ -261,7 +261,8 @@ pub struct KeyConfig {
     pub project: Option<String>,
     /// `sha256:<64 hex>` of the secret. The secret itself is never stored.
     pub hash: String,
-    /// Required: `*`, endpoint scopes (`chat`, `messages`, `models`, ...) and `model:<glob>`.
+    /// Required: `*`, endpoint scopes (`chat`, `messages`, `models`, ...), `model:<glob>` and
+    /// `policy:<glob>`.
     pub scopes: Vec<String>,
     /// RFC 3339 UTC.
     #[serde(default, skip_serializing_if = "Option::is_none")]

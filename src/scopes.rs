@@ -1,6 +1,7 @@
 //! Scopes: what a key may call. Endpoint scopes name an API surface (`chat`, `messages`,
-//! `models`, ...); model scopes (`model:GLOB`) name the tiers and models it may use; `*`
-//! grants everything.
+//! `models`, ...); model scopes (`model:GLOB`) name the tiers and models it may use; policy
+//! scopes (`policy:GLOB`) name the policies it may choose with `x-weir-policy`; `*` grants
+//! everything.
 
 use crate::endpoint::Endpoint;
 
@@ -22,6 +23,7 @@ pub struct Scopes {
     all: bool,
     endpoints: Vec<&'static str>,
     models: Vec<String>,
+    policies: Vec<String>,
     /// As configured, for the policy input.
     raw: Vec<String>,
 }
@@ -35,18 +37,16 @@ impl Scopes {
             if scope == "*" {
                 out.all = true;
             } else if let Some(glob) = scope.strip_prefix("model:") {
-                if glob.is_empty()
-                    || glob.len() > 256
-                    || glob.chars().any(|c| c.is_control() || c == ' ')
-                {
-                    return Err(format!("scope {scope:?}: the model pattern must be 1-256 characters without spaces"));
-                }
+                check_pattern(scope, "model", glob)?;
                 out.models.push(glob.to_string());
+            } else if let Some(glob) = scope.strip_prefix("policy:") {
+                check_pattern(scope, "policy", glob)?;
+                out.policies.push(glob.to_string());
             } else if let Some(known) = ENDPOINT_SCOPES.iter().find(|s| **s == scope) {
                 out.endpoints.push(known);
             } else {
                 return Err(format!(
-                    "unknown scope {scope:?}: use \"*\", \"model:<pattern>\" or one of {}",
+                    "unknown scope {scope:?}: use \"*\", \"model:<pattern>\", \"policy:<pattern>\" or one of {}",
                     ENDPOINT_SCOPES.join(", ")
                 ));
             }
@@ -77,6 +77,21 @@ impl Scopes {
     pub fn allows_model(&self, model: &str) -> bool {
         self.all || self.models.iter().any(|glob| glob_match(glob, model))
     }
+
+    /// Whether the caller may choose policy `name` itself (`x-weir-policy`, `weir.policy`).
+    /// The policy that applies without a choice needs no scope: naming it changes nothing.
+    pub fn allows_policy(&self, name: &str) -> bool {
+        self.all || self.policies.iter().any(|glob| glob_match(glob, name))
+    }
+}
+
+fn check_pattern(scope: &str, what: &str, glob: &str) -> Result<(), String> {
+    if glob.is_empty() || glob.len() > 256 || glob.chars().any(|c| c.is_control() || c == ' ') {
+        return Err(format!(
+            "scope {scope:?}: the {what} pattern must be 1-256 characters without spaces"
+        ));
+    }
+    Ok(())
 }
 
 /// `*` matches any run of characters, `?` one character; everything else literally.
@@ -137,6 +152,27 @@ mod tests {
         assert!(Scopes::parse(&["model:"]).is_err());
         let none = Scopes::parse::<&str>(&[]).unwrap();
         assert!(!none.allows_endpoint(Endpoint::ChatCompletions) && !none.allows_model("x"));
+        assert!(!none.allows_policy("x"));
+    }
+
+    #[test]
+    fn policy_scopes() {
+        let s = Scopes::parse(&["chat", "policy:dlp", "policy:team-*"]).unwrap();
+        assert!(s.allows_policy("dlp") && s.allows_policy("team-web"));
+        assert!(!s.allows_policy("standard") && !s.allows_policy("dlp2"));
+        // A model scope grants no policy, and a policy scope no model.
+        let m = Scopes::parse(&["model:*"]).unwrap();
+        assert!(!m.allows_policy("dlp"));
+        assert!(!s.allows_model("dlp"));
+        assert!(Scopes::parse(&["*"]).unwrap().allows_policy("anything"));
+        assert!(Scopes::parse(&["policy:"])
+            .unwrap_err()
+            .contains("policy pattern"));
+        assert!(Scopes::parse(&["policy:a b"]).is_err());
+        assert_eq!(
+            Scopes::parse_lenient(&["policy:dlp", "openid"]).as_strings(),
+            ["policy:dlp"]
+        );
     }
 
     #[test]

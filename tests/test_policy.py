@@ -48,6 +48,9 @@ def pol(built, tmp_path_factory) -> PolicyStack:
     p.free = p.key("--team", "web", "--scopes", "*", "--meta", "plan=free")
     p.support = p.key("--team", "support", "--scopes", "*", "--meta", "plan=pro")
     p.contractor = p.key("--team", "contractors", "--scopes", "*", "--meta", "plan=enterprise")
+    # No policy scope, and one for the DLP policies only.
+    p.narrow = p.key("--team", "web", "--scopes", "chat,messages,model:*")
+    p.dlp_only = p.key("--team", "web", "--scopes", "chat,model:*,policy:dl*")
     with serving(stack, p) as running:
         yield running
 
@@ -129,6 +132,40 @@ def test_unknown_policy_is_400(pol, rid):
     assert response.status_code == 400
     assert response.json()["error"]["message"] == "Unknown policy `nope`. Known policies: dlp, standard."
     assert pol.received(rid) == []
+
+
+def test_choosing_a_policy_needs_a_policy_scope(pol, rid):
+    """A header must not step around a key's policy: choosing one needs `policy:<glob>`."""
+    narrow, dlp_only = pol.narrow, pol.dlp_only
+    secret = "sk-" + "a" * 40
+    leaky = {"model": "fast", "messages": [{"role": "user", "content": f"my key is {secret}"}]}
+    # Without a policy scope: 403 in the client's shape, nothing forwarded, and audited.
+    refused = pol.chat(narrow, rid, leaky, {"x-weir-policy": "dlp"})
+    assert refused.status_code == 403
+    error = refused.json()["error"]
+    assert (error["type"], error["code"]) == ("permission_error", "policy_not_allowed")
+    assert error["message"] == "This key may not choose the policy `dlp`: it lacks a scope such as `policy:dlp`."
+    assert pol.received(rid) == []
+    record = pol.audit(rid)
+    assert (record["decision"], record["outcome"], record["error"]) == ("deny", "denied", "policy_not_allowed")
+    # The same in the body directive, and in the Anthropic shape.
+    body = pol.chat(narrow, rid + "-b", {**leaky, "max_tokens": 5, "weir": {"policy": "dlp"}},
+                    {"anthropic-version": "2023-06-01"}, path="/v1/messages")
+    assert body.status_code == 403
+    assert body.json()["type"] == "error" and body.json()["error"]["type"] == "permission_error"
+    assert pol.received(rid + "-b") == []
+    assert pol.audit(rid + "-b")["error"] == "policy_not_allowed"
+    # Naming the policy that applies anyway needs no scope.
+    same = pol.chat(narrow, rid + "-s", None, {"x-weir-policy": "standard"})
+    assert same.status_code == 200, same.text
+    assert pol.audit(rid + "-s")["policy"] == "standard"
+    # A matching scope lets the caller choose: the DLP policy then applies (and denies).
+    chosen = pol.chat(dlp_only, rid + "-d", leaky, {"x-weir-policy": "dlp"})
+    assert chosen.status_code == 403 and chosen.json()["error"]["code"] == "policy_denied"
+    assert pol.audit(rid + "-d")["policy"] == "dlp"
+    # ...but only the policies its scope matches.
+    other = pol.chat(dlp_only, rid + "-o", None, {"x-weir-policy": "nope"})
+    assert other.status_code == 403 and other.json()["error"]["code"] == "policy_not_allowed"
 
 
 def test_advice_endpoint_answers_without_calling_a_provider(pol, rid):

@@ -113,7 +113,8 @@ enum KeysCommand {
         team: String,
         #[arg(long)]
         project: Option<String>,
-        /// Comma-separated: `*`, endpoint scopes (chat, messages, models, ...), `model:<glob>`.
+        /// Comma-separated: `*`, endpoint scopes (chat, messages, models, ...), `model:<glob>`,
+        /// `policy:<glob>`.
         #[arg(long, value_delimiter = ',', required = true)]
         scopes: Vec<String>,
         /// When the key stops working: a duration from now (`30d`, `12h`) or an RFC 3339 time.

@@ -80,13 +80,31 @@ impl WeirHttp {
             _ => None,
         };
         let chosen = self.directives.policy.clone();
-        let name = chosen.clone().or(key_default).or_else(|| {
+        let otherwise = key_default.or_else(|| {
             gateway
                 .policies
                 .as_ref()
                 .and_then(|p| p.borrow().default.clone())
         });
-        let Some(name) = name else { return Ok(None) };
+        // Choosing a policy other than the one that applies anyway needs a `policy:` scope:
+        // otherwise any caller could step around its policy (e.g. DLP) with a header.
+        if let Some(choice) = chosen
+            .as_deref()
+            .filter(|c| Some(*c) != otherwise.as_deref())
+        {
+            let allowed = scopes_of(gateway, &self.caller).is_some_and(|s| s.allows_policy(choice));
+            if !allowed {
+                let name = printable(choice);
+                return Err(GatewayError::new(
+                    ErrorKind::Forbidden,
+                    format!("This key may not choose the policy `{name}`: it lacks a scope such as `policy:{name}`."),
+                )
+                .with_code("policy_not_allowed"));
+            }
+        }
+        let Some(name) = chosen.clone().or(otherwise) else {
+            return Ok(None);
+        };
         let known = gateway
             .policies
             .as_ref()
