@@ -309,7 +309,9 @@ impl WeirHttp {
         self.record.key_id = Some(entry.id.clone());
         self.record.team = Some(entry.team.clone());
         self.record.project = entry.project.clone();
-        let now = host::now()
+        // The time the request arrived (no second clock read).
+        let now = self
+            .started
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
