@@ -199,6 +199,17 @@ pub struct RunLimits {
     pub tokens: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spend: Option<Price>,
+    /// A run with no counted call for this long is forgotten (its slot may go to another
+    /// run; the run starts afresh if used again). Default: 7 days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forget_after_seconds: Option<u64>,
+}
+
+impl RunLimits {
+    pub fn forget_after(&self) -> u64 {
+        self.forget_after_seconds
+            .unwrap_or(DEFAULT_RUN_FORGET_AFTER)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -539,45 +550,102 @@ pub struct RunState {
     pub spend_micros: u64,
 }
 
-fn run_key(key_id: &str, run_id: &str) -> String {
-    format!("weir:run:{key_id}:{run_id}")
+/// Slots of the run table. Runs live in a fixed table (open addressing, `RUN_PROBES` slots
+/// per run) rather than one store key per run: Envoy's shared data cannot delete a key, so
+/// per-run keys would grow without bound with the number of runs ever seen.
+pub const RUN_SLOTS: u64 = 65_536;
+/// Slots a run may occupy: its home slot and the next ones.
+pub const RUN_PROBES: u64 = 4;
+/// A run with no counted call or usage for this long may give its slot to another run.
+pub const DEFAULT_RUN_FORGET_AFTER: u64 = 7 * 86_400;
+
+/// Which run a slot holds: the first 8 bytes of SHA-256(key id, run id). A cryptographic
+/// hash, so a caller cannot craft a run id that lands on another key's run; never 0,
+/// which marks an empty slot.
+fn run_fingerprint(key_id: &str, run_id: &str) -> u64 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(key_id.as_bytes());
+    h.update([0u8]);
+    h.update(run_id.as_bytes());
+    let digest = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(first).max(1)
 }
 
-fn decode_run(v: Option<Vec<u8>>) -> RunState {
-    match v {
-        Some(v) if v.len() == 25 => {
-            let n =
-                |i: usize| u64::from_le_bytes(v[1 + i * 8..9 + i * 8].try_into().unwrap_or([0; 8]));
-            RunState {
-                closed: v[0] == 1,
-                calls: n(0),
-                tokens: n(1),
-                spend_micros: n(2),
-            }
-        }
-        _ => RunState::default(),
-    }
+/// A slot: (fingerprint, last counted, state); `None` for an empty or unreadable slot.
+fn decode_run(v: Option<Vec<u8>>) -> Option<(u64, u64, RunState)> {
+    let v = v.filter(|v| v.len() == 41)?;
+    let n = |i: usize| u64::from_le_bytes(v[i..i + 8].try_into().unwrap_or([0; 8]));
+    Some((
+        n(0),
+        n(8),
+        RunState {
+            closed: v[16] == 1,
+            calls: n(17),
+            tokens: n(25),
+            spend_micros: n(33),
+        },
+    ))
 }
 
-fn encode_run(s: RunState) -> Vec<u8> {
-    let mut v = vec![u8::from(s.closed)];
+fn encode_run(fingerprint: u64, touched: u64, s: RunState) -> Vec<u8> {
+    let mut v = Vec::with_capacity(41);
+    v.extend_from_slice(&fingerprint.to_le_bytes());
+    v.extend_from_slice(&touched.to_le_bytes());
+    v.push(u8::from(s.closed));
     for n in [s.calls, s.tokens, s.spend_micros] {
         v.extend_from_slice(&n.to_le_bytes());
     }
     v
 }
 
+/// Applies `f` to the run's state: the slot that holds the run, else a free one (empty, or
+/// its run idle for `forget_after` seconds), claimed for it. `Err(Unavailable)` also when
+/// every slot the run may use holds an active run (the table is full there).
 fn update_run(
     store: &dyn Store,
-    key: &str,
+    key_id: &str,
+    run_id: &str,
+    now: u64,
+    forget_after: u64,
     f: &dyn Fn(RunState) -> Result<RunState, RunState>,
 ) -> Result<Result<RunState, RunState>, StoreError> {
+    let fingerprint = run_fingerprint(key_id, run_id);
     for _ in 0..RETRIES {
-        let (value, cas) = store.get(key)?;
-        let state = decode_run(value);
+        let mut home = None;
+        // (key, cas, idle seconds): the best slot to claim if the run is not there.
+        let mut free: Option<(String, Option<u32>, u64)> = None;
+        for i in 0..RUN_PROBES {
+            let key = format!("weir:run:{}", fingerprint.wrapping_add(i) % RUN_SLOTS);
+            let (value, cas) = store.get(&key)?;
+            match decode_run(value) {
+                Some((fp, _, state)) if fp == fingerprint => {
+                    home = Some((key, cas, state));
+                    break;
+                }
+                Some((_, touched, _)) => {
+                    let idle = now.saturating_sub(touched);
+                    if idle >= forget_after && free.as_ref().is_none_or(|f| idle > f.2) {
+                        free = Some((key, cas, idle));
+                    }
+                }
+                None => {
+                    if free.as_ref().is_none_or(|f| f.2 != u64::MAX) {
+                        free = Some((key, cas, u64::MAX));
+                    }
+                }
+            }
+        }
+        let (key, cas, state) = match (home, free) {
+            (Some(home), _) => home,
+            (None, Some((key, cas, _))) => (key, cas, RunState::default()),
+            (None, None) => return Err(StoreError::Unavailable),
+        };
         match f(state) {
             Err(state) => return Ok(Err(state)),
-            Ok(new) => match store.set(key, &encode_run(new), cas) {
+            Ok(new) => match store.set(&key, &encode_run(fingerprint, now, new), cas) {
                 Ok(()) => return Ok(Ok(new)),
                 Err(StoreError::Conflict) => continue,
                 Err(e) => return Err(e),
@@ -595,9 +663,9 @@ pub fn run_call(
     run_id: &str,
     limits: &RunLimits,
     fresh: bool,
+    now: u64,
 ) -> Result<Result<RunState, RunState>, StoreError> {
-    let key = run_key(key_id, run_id);
-    update_run(store, &key, &|s| {
+    update_run(store, key_id, run_id, now, limits.forget_after(), &|s| {
         let s = if fresh { RunState::default() } else { s };
         if s.closed {
             return Err(s);
@@ -622,9 +690,9 @@ pub fn run_usage(
     limits: &RunLimits,
     tokens: u64,
     spend_micros: u64,
+    now: u64,
 ) -> Result<RunState, StoreError> {
-    let key = run_key(key_id, run_id);
-    let r = update_run(store, &key, &|s| {
+    let r = update_run(store, key_id, run_id, now, limits.forget_after(), &|s| {
         let tokens = s.tokens.saturating_add(tokens);
         let spend_micros = s.spend_micros.saturating_add(spend_micros);
         let closed = s.closed
@@ -701,6 +769,12 @@ pub mod tests {
             }
             data.insert(key.to_string(), (value.to_vec(), current.unwrap_or(0) + 1));
             Ok(())
+        }
+    }
+
+    impl MemStore {
+        pub fn keys(&self) -> Vec<String> {
+            self.data.borrow().keys().cloned().collect()
         }
     }
 
@@ -896,24 +970,101 @@ pub mod tests {
             calls: Some(2),
             tokens: Some(100),
             spend: None,
+            forget_after_seconds: None,
         };
-        assert!(run_call(&store, "k", "r", &l, false).unwrap().is_ok());
-        assert!(run_call(&store, "k", "r", &l, false).unwrap().is_ok());
-        assert!(
-            run_call(&store, "k", "r", &l, false).unwrap().is_err(),
-            "third call closes the run"
+        let call = |run: &str, fresh: bool| run_call(&store, "k", run, &l, fresh, 1000).unwrap();
+        assert!(call("r", false).is_ok());
+        assert!(call("r", false).is_ok());
+        assert!(call("r", false).is_err(), "third call closes the run");
+        assert!(call("r", false).is_err());
+        assert!(call("r", true).is_ok(), "a fresh run starts again");
+        run_usage(&store, "k", "r", &l, 120, 0, 1000).unwrap();
+        assert!(call("r", false).is_err(), "the token limit closed it");
+        assert!(call("other", false).is_ok());
+        // The same run id under another key is another run.
+        assert!(run_call(&store, "k2", "r", &l, false, 1000)
+            .unwrap()
+            .is_ok());
+    }
+
+    /// Runs never add store keys beyond the fixed table, however many there are.
+    #[test]
+    fn runs_live_in_a_bounded_table() {
+        let store = MemStore::default();
+        let l = RunLimits::default();
+        for i in 0..5000 {
+            run_call(&store, "k", &format!("run-{i}"), &l, false, 1000)
+                .unwrap()
+                .unwrap();
+        }
+        let keys = store.keys();
+        assert!(keys.len() <= 5000);
+        assert!(keys.iter().all(|k| {
+            k.strip_prefix("weir:run:")
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| n < RUN_SLOTS)
+        }));
+        // Each run kept its own count.
+        let again = run_call(&store, "k", "run-42", &l, false, 1000)
+            .unwrap()
+            .unwrap();
+        assert_eq!(again.calls, 2);
+    }
+
+    /// When every slot a run may use holds an active run, the run cannot be counted
+    /// (the caller's fail mode decides); once a holder has been idle long enough, its slot
+    /// goes to the newcomer, and the forgotten run starts afresh.
+    #[test]
+    fn a_full_neighbourhood_refuses_until_a_run_is_forgotten() {
+        let store = MemStore::default();
+        let l = RunLimits {
+            calls: Some(1),
+            forget_after_seconds: Some(3600),
+            ..RunLimits::default()
+        };
+        let newcomer = run_fingerprint("k", "newcomer");
+        for i in 0..RUN_PROBES {
+            let key = format!("weir:run:{}", newcomer.wrapping_add(i) % RUN_SLOTS);
+            let closed = RunState {
+                closed: true,
+                calls: 1,
+                ..RunState::default()
+            };
+            store
+                .set(&key, &encode_run(1000 + i, 1000 + i * 10, closed), None)
+                .unwrap();
+        }
+        assert_eq!(
+            run_call(&store, "k", "newcomer", &l, false, 2000),
+            Err(StoreError::Unavailable)
         );
-        assert!(run_call(&store, "k", "r", &l, false).unwrap().is_err());
-        assert!(
-            run_call(&store, "k", "r", &l, true).unwrap().is_ok(),
-            "a fresh run starts again"
+        // An hour after the oldest holder's last call, the newcomer takes that slot.
+        let counted = run_call(&store, "k", "newcomer", &l, false, 1000 + 3600).unwrap();
+        assert_eq!(counted.map(|s| s.calls), Ok(1));
+        let home = format!("weir:run:{}", newcomer % RUN_SLOTS);
+        let (value, _) = store.get(&home).unwrap();
+        assert_eq!(decode_run(value).map(|(fp, _, _)| fp), Some(newcomer));
+        // The call over the limit closes the run (and is recorded); a refused call on the
+        // closed run writes nothing, so it does not keep the run alive.
+        assert!(run_call(&store, "k", "newcomer", &l, false, 5000)
+            .unwrap()
+            .is_err());
+        assert!(run_call(&store, "k", "newcomer", &l, false, 6000)
+            .unwrap()
+            .is_err());
+        let (value, _) = store.get(&home).unwrap();
+        assert_eq!(
+            decode_run(value).map(|(_, touched, s)| (touched, s.closed)),
+            Some((5000, true))
         );
-        run_usage(&store, "k", "r", &l, 120, 0).unwrap();
-        assert!(
-            run_call(&store, "k", "r", &l, false).unwrap().is_err(),
-            "the token limit closed it"
-        );
-        assert!(run_call(&store, "k", "other", &l, false).unwrap().is_ok());
+    }
+
+    #[test]
+    fn run_fingerprints_are_never_zero_and_differ() {
+        assert_ne!(run_fingerprint("k", "r"), 0);
+        assert_ne!(run_fingerprint("k", "r"), run_fingerprint("k2", "r"));
+        // The separator keeps ("ab", "c") and ("a", "bc") apart.
+        assert_ne!(run_fingerprint("ab", "c"), run_fingerprint("a", "bc"));
     }
 
     #[test]

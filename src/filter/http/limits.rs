@@ -64,7 +64,7 @@ impl WeirHttp {
 
         if let (Some(run_limits), Some(run_id)) = (&limits.per_run, self.directives.run_id.clone())
         {
-            match run_call(&store, &key_id, &run_id, run_limits, self.new_run) {
+            match run_call(&store, &key_id, &run_id, run_limits, self.new_run, now) {
                 Ok(Ok(_)) => self.run_counted = true,
                 Ok(Err(state)) => {
                     return Err(self.reject(
@@ -184,7 +184,11 @@ impl WeirHttp {
                 self.record.key_id.clone(),
                 self.directives.run_id.clone(),
             ) {
-                if run_usage(&store, &key, &run, &limits, tokens, spend).is_err() {
+                let now = host::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                if run_usage(&store, &key, &run, &limits, tokens, spend, now).is_err() {
                     log::warn!("weir: could not add the usage to run {run}");
                 }
             }
