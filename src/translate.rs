@@ -822,6 +822,28 @@ fn anthropic_text(content: &Value) -> String {
     }
 }
 
+/// An Anthropic image block as an OpenAI `image_url` content part.
+fn openai_image_part(block: &Value) -> Result<Value, BodyError> {
+    let source = &block["source"];
+    let url = match source.get("type").and_then(Value::as_str) {
+        Some("base64") => format!(
+            "data:{};base64,{}",
+            source
+                .get("media_type")
+                .and_then(Value::as_str)
+                .unwrap_or("image/png"),
+            source.get("data").and_then(Value::as_str).unwrap_or("")
+        ),
+        Some("url") => source
+            .get("url")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+        _ => return Err(refuse("messages", "images must be base64 or URL sources")),
+    };
+    Ok(json!({"type": "image_url", "image_url": {"url": url}}))
+}
+
 /// The OpenAI messages for one Anthropic message (a user turn with tool results becomes
 /// `tool` messages; an assistant turn with `tool_use` blocks carries `tool_calls`).
 fn openai_messages(m: &Value) -> Result<Vec<Value>, BodyError> {
@@ -845,34 +867,50 @@ fn openai_messages(m: &Value) -> Result<Vec<Value>, BodyError> {
     let mut out = Vec::new();
     let mut parts = Vec::new();
     let mut calls = Vec::new();
+    // Images a tool returned: a `tool` message holds text only, so they follow the tool
+    // messages in a user message, each after a line naming its call.
+    let mut tool_images = Vec::new();
     for b in &blocks {
         match b.get("type").and_then(Value::as_str) {
             Some("text") => parts.push(json!({"type": "text", "text": b.get("text").and_then(Value::as_str).unwrap_or("")})),
-            Some("image") => {
-                let source = &b["source"];
-                let url = match source.get("type").and_then(Value::as_str) {
-                    Some("base64") => format!(
-                        "data:{};base64,{}",
-                        source.get("media_type").and_then(Value::as_str).unwrap_or("image/png"),
-                        source.get("data").and_then(Value::as_str).unwrap_or("")
-                    ),
-                    Some("url") => source.get("url").and_then(Value::as_str).unwrap_or("").to_string(),
-                    _ => return Err(refuse("messages", "images must be base64 or URL sources")),
-                };
-                parts.push(json!({"type": "image_url", "image_url": {"url": url}}));
-            }
+            Some("image") => parts.push(openai_image_part(b)?),
             Some("tool_use") => calls.push(json!({
                 "id": b.get("id"),
                 "type": "function",
                 "function": {"name": b.get("name"), "arguments": b.get("input").map(Value::to_string).unwrap_or_else(|| "{}".into())},
             })),
-            Some("tool_result") => out.push(json!({
-                "role": "tool",
-                "tool_call_id": b.get("tool_use_id"),
-                "content": anthropic_text(b.get("content").unwrap_or(&Value::Null)),
-            })),
+            Some("tool_result") => {
+                let content = b.get("content").unwrap_or(&Value::Null);
+                let mut text = anthropic_text(content);
+                let mut images = Vec::new();
+                if let Value::Array(inner) = content {
+                    for block in inner {
+                        match block.get("type").and_then(Value::as_str) {
+                            Some("text") => {}
+                            Some("image") => images.push(openai_image_part(block)?),
+                            _ => return Err(refuse("messages", "a tool_result may hold only text and image blocks")),
+                        }
+                    }
+                }
+                let id = b.get("tool_use_id").and_then(Value::as_str).unwrap_or("");
+                if !images.is_empty() {
+                    let note = format!("(The tool returned {} image(s); they follow in the next message.)", images.len());
+                    text = if text.is_empty() { note } else { format!("{text}\n{note}") };
+                    tool_images.push(json!({"type": "text", "text": format!("Image(s) returned by tool call {id}:")}));
+                    tool_images.extend(images);
+                }
+                // OpenAI has no error flag on tool results: say it in the text.
+                if b.get("is_error").and_then(Value::as_bool) == Some(true) {
+                    text = format!("Error: {text}");
+                }
+                out.push(json!({"role": "tool", "tool_call_id": id, "content": text}));
+            }
             _ => return Err(refuse("messages", "only text, image, tool_use and tool_result blocks are translated")),
         }
+    }
+    if !tool_images.is_empty() {
+        tool_images.append(&mut parts);
+        parts = tool_images;
     }
     let only_text = parts.iter().all(|p| p["type"] == "text");
     let content = if parts.is_empty() {
@@ -1210,6 +1248,53 @@ impl OpenAiToAnthropicStream {
 #[cfg(test)]
 mod reverse_tests {
     use super::*;
+
+    /// A tool result's images cannot ride in a `tool` message: they follow the tool
+    /// messages in a user message, with the user's own blocks after them.
+    #[test]
+    fn tool_result_images_follow_in_a_user_message() {
+        let png = json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBOR"}});
+        let req = json!({
+            "model": "fast", "max_tokens": 50,
+            "messages": [
+                {"role": "assistant", "content": [
+                    {"type": "tool_use", "id": "toolu_1", "name": "screenshot", "input": {}},
+                    {"type": "tool_use", "id": "toolu_2", "name": "lookup", "input": {}}]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "the screen"}, png]},
+                    {"type": "tool_result", "tool_use_id": "toolu_2", "is_error": true, "content": "not found"},
+                    {"type": "text", "text": "What do you see?"}]}
+            ]
+        });
+        let out: Value = serde_json::from_slice(
+            &anthropic_request_to_openai(req.to_string().as_bytes(), "gpt-4o").unwrap(),
+        )
+        .unwrap();
+        let m = out["messages"].as_array().unwrap();
+        assert_eq!(m.len(), 4);
+        assert_eq!(
+            m[1],
+            json!({"role": "tool", "tool_call_id": "toolu_1",
+                   "content": "the screen\n(The tool returned 1 image(s); they follow in the next message.)"})
+        );
+        assert_eq!(
+            m[2],
+            json!({"role": "tool", "tool_call_id": "toolu_2", "content": "Error: not found"})
+        );
+        assert_eq!(
+            m[3],
+            json!({"role": "user", "content": [
+                {"type": "text", "text": "Image(s) returned by tool call toolu_1:"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBOR"}},
+                {"type": "text", "text": "What do you see?"}]})
+        );
+        // Other blocks inside a tool result are refused, naming the parameter.
+        let doc = json!({"model": "fast", "max_tokens": 5, "messages": [{"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "t", "content": [{"type": "document", "source": {}}]}]}]});
+        let e = anthropic_request_to_openai(doc.to_string().as_bytes(), "gpt-4o").unwrap_err();
+        assert_eq!(e.param, Some("messages"));
+        assert!(e.message.contains("only text and image"), "{}", e.message);
+    }
 
     #[test]
     fn request_with_system_tools_results_and_images() {

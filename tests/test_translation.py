@@ -260,6 +260,26 @@ def test_anthropic_sdk_tool_round_trip_on_an_openai_model(tr):
     assert use.input == {"query": "Order 3?"} and final.stop_reason == "tool_use"
 
 
+def test_anthropic_sdk_tool_result_with_an_image_on_an_openai_model(tr, rid):
+    """A screenshot returned by a tool reaches the OpenAI model: `tool` messages carry
+    text only, so the image follows them in a user message."""
+    png = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
+    messages = [{"role": "user", "content": "Look at the screen"},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_s", "name": "lookup_order",
+                                                   "input": {"query": "screen"}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_s",
+                                              "content": [{"type": "text", "text": "Screenshot"}, png]}]}]
+    reply = claude_client(tr).messages.create(model="gpt", max_tokens=100, tools=CLAUDE_TOOLS, messages=messages,
+                                              extra_headers={"x-weir-request-id": rid})
+    assert reply.type == "message" and reply.model == GPT
+    [received] = tr.received(rid)
+    sent = json.loads(received["body"])["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool", "user"]
+    assert sent[2]["tool_call_id"] == "toolu_s" and sent[2]["content"].startswith("Screenshot\n")
+    assert sent[3]["content"][1] == {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    assert tr.audit(rid)["outcome"] == "completed"
+
+
 def test_anthropic_sdk_errors_and_refusals_on_an_openai_model(tr):
     c = claude_client(tr)
     with pytest.raises(anthropic.InternalServerError) as raised:
