@@ -16,7 +16,7 @@ WASM_OPT := target/tools/binaryen-$(BINARYEN_VERSION)/node_modules/.bin/wasm-opt
 help:
 	@echo "make run    build Weir and start Envoy with it in front of the mock (or real) providers"
 	@echo "make test   run every test: lint, host unit tests, integration tests against a real Envoy"
-	@echo "make wasm   build $(WASM)"
+	@echo "make wasm   build $(WASM) (WEIR_OPT=speed: faster, larger)"
 	@echo "make lint   cargo fmt --check and clippy (host and wasm)"
 	@echo "make bench  plain Envoy vs Envoy + Weir, side by side (BENCH_SECONDS per run, default 5)"
 	@echo "make bench-scaling  cost as keys, policy rules, body size and stream length grow; memory per worker"
@@ -32,8 +32,17 @@ test: lint unit policy-test integration
 wasm-target:
 	@rustup target list --installed | grep -qx $(TARGET) || rustup target add $(TARGET)
 
+# WEIR_OPT=speed compiles every crate at opt-level 3: about 20% less filter CPU per request
+# than the default, for a 1.80 MB module instead of 1.48 MB (see README, Benchmark).
+WEIR_OPT ?= size
+ifeq ($(WEIR_OPT),speed)
+CARGO_OPT := CARGO_PROFILE_RELEASE_OPT_LEVEL=3
+else ifneq ($(WEIR_OPT),size)
+$(error WEIR_OPT must be size or speed)
+endif
+
 wasm: wasm-target
-	cargo build --target $(TARGET) --release --lib
+	$(CARGO_OPT) cargo build --target $(TARGET) --release --lib
 	@$(MAKE) --no-print-directory $(WASM)
 
 # The module Envoy loads: cargo's output through `wasm-opt -Oz` (the features are the ones
