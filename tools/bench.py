@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -245,6 +246,8 @@ def main() -> int:
         weir.stop()
         plain.stop()
         upstream.stop()
+        # The proxies' logs and the audit file of every request: gigabytes over time.
+        shutil.rmtree(workdir, ignore_errors=True)
 
     print(table(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -240,6 +240,7 @@ def main() -> int:
                 results["memory"] = memory_experiment(workdir, upstream.port, a)
     finally:
         upstream.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
     for e in chosen:
         print(f"\n### {e}\n\n{markdown(results[e])}")
     a.out.parent.mkdir(parents=True, exist_ok=True)
