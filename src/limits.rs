@@ -559,15 +559,15 @@ pub const RUN_PROBES: u64 = 4;
 /// A run with no counted call or usage for this long may give its slot to another run.
 pub const DEFAULT_RUN_FORGET_AFTER: u64 = 7 * 86_400;
 
-/// Which run a slot holds: the first 8 bytes of SHA-256(key id, run id). A cryptographic
-/// hash, so a caller cannot craft a run id that lands on another key's run; never 0,
-/// which marks an empty slot.
-fn run_fingerprint(key_id: &str, run_id: &str) -> u64 {
+/// Which (key, client-chosen id) a table slot holds: the first 8 bytes of SHA-256 of the
+/// pair. A cryptographic hash, so a caller cannot craft an id that lands on another key's
+/// run or request id; never 0, which marks an empty slot.
+fn fingerprint(key_id: &str, id: &str) -> u64 {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(key_id.as_bytes());
     h.update([0u8]);
-    h.update(run_id.as_bytes());
+    h.update(id.as_bytes());
     let digest = h.finalize();
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
@@ -612,7 +612,7 @@ fn update_run(
     forget_after: u64,
     f: &dyn Fn(RunState) -> Result<RunState, RunState>,
 ) -> Result<Result<RunState, RunState>, StoreError> {
-    let fingerprint = run_fingerprint(key_id, run_id);
+    let fingerprint = fingerprint(key_id, run_id);
     for _ in 0..RETRIES {
         let mut home = None;
         // (key, cas, idle seconds): the best slot to claim if the run is not there.
@@ -721,7 +721,7 @@ pub fn first_use(
     now: u64,
     window: u64,
 ) -> Result<Result<(), u64>, StoreError> {
-    let h = crate::routing::stable_hash(&format!("{key_id}\u{0}{request_id}"));
+    let h = fingerprint(key_id, request_id);
     let key = format!("weir:idem:{}", h % IDEMPOTENCY_SLOTS);
     for _ in 0..RETRIES {
         let (value, cas) = store.get(&key)?;
@@ -1022,7 +1022,7 @@ pub mod tests {
             forget_after_seconds: Some(3600),
             ..RunLimits::default()
         };
-        let newcomer = run_fingerprint("k", "newcomer");
+        let newcomer = fingerprint("k", "newcomer");
         for i in 0..RUN_PROBES {
             let key = format!("weir:run:{}", newcomer.wrapping_add(i) % RUN_SLOTS);
             let closed = RunState {
@@ -1060,11 +1060,11 @@ pub mod tests {
     }
 
     #[test]
-    fn run_fingerprints_are_never_zero_and_differ() {
-        assert_ne!(run_fingerprint("k", "r"), 0);
-        assert_ne!(run_fingerprint("k", "r"), run_fingerprint("k2", "r"));
+    fn fingerprints_are_never_zero_and_differ() {
+        assert_ne!(fingerprint("k", "r"), 0);
+        assert_ne!(fingerprint("k", "r"), fingerprint("k2", "r"));
         // The separator keeps ("ab", "c") and ("a", "bc") apart.
-        assert_ne!(run_fingerprint("ab", "c"), run_fingerprint("a", "bc"));
+        assert_ne!(fingerprint("ab", "c"), fingerprint("a", "bc"));
     }
 
     #[test]
