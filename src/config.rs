@@ -405,6 +405,18 @@ impl Config {
     /// Validates and indexes the configuration. Every reference must resolve and every
     /// provider that needs a credential must have one.
     pub fn compile(&self) -> Result<Gateway, ConfigError> {
+        self.compile_with(None)
+    }
+
+    /// `compile` for the filter: the key records move into the key index instead of being
+    /// copied (the configuration is not needed afterwards).
+    pub fn into_gateway(mut self) -> Result<Gateway, ConfigError> {
+        let records = std::mem::take(&mut self.keys);
+        self.compile_with(Some(records))
+    }
+
+    /// `key_records`: the keys to index when they were taken out of `self` (else `self.keys`).
+    fn compile_with(&self, key_records: Option<Vec<KeyConfig>>) -> Result<Gateway, ConfigError> {
         let g = &self.gateway;
         if g.max_body_bytes == 0 {
             return Err(err("gateway.max_body_bytes", "must be greater than 0"));
@@ -556,10 +568,13 @@ impl Config {
             );
         }
 
-        let keys = compile_keys(&self.keys)?;
+        let keys = match key_records {
+            Some(records) => compile_key_records(records)?,
+            None => compile_keys(&self.keys)?,
+        };
         if let Some(l) = &self.limits {
             for id in l.keys.keys() {
-                if !self.keys.iter().any(|k| &k.id == id) {
+                if !keys.contains_id(id) {
                     return Err(err(format!("limits.keys.{id}"), "no key has this id"));
                 }
             }
@@ -651,15 +666,51 @@ impl Config {
     }
 }
 
-/// Validates key records and builds the hash index. Used by the filter and by the CLI,
-/// which edits keys without needing provider credentials.
+/// Validates key records and builds the hash index. Used by the CLI, which edits keys
+/// without needing provider credentials.
 pub fn compile_keys(records: &[KeyConfig]) -> Result<KeyIndex, ConfigError> {
+    compile_key_records(records.to_vec())
+}
+
+/// What validation derives from one key record, before the record is moved into its entry.
+struct CheckedKey {
+    hash: KeyHash,
+    scopes: std::sync::Arc<Scopes>,
+    expires_at: Option<u64>,
+}
+
+/// Validates key records and builds the hash index, moving each record's strings into its
+/// entry: with 100,000 keys, copies would raise the VM's peak memory (which never shrinks)
+/// by tens of MB. Keys with the same scope list share one parsed `Scopes`.
+pub fn compile_key_records(records: Vec<KeyConfig>) -> Result<KeyIndex, ConfigError> {
+    let checked = check_keys(&records)?;
+    let mut keys = KeyIndex::with_capacity(records.len());
+    for (i, (k, c)) in records.into_iter().zip(checked).enumerate() {
+        let entry = KeyEntry {
+            id: k.id,
+            team: k.team,
+            project: k.project,
+            scopes: c.scopes,
+            expires_at: c.expires_at.zip(k.expires_at),
+            revoked: k.revoked,
+            successor: k.successor,
+            default_policy: k.default_policy,
+            metadata: k.metadata,
+        };
+        keys.insert(c.hash, entry)
+            .map_err(|reason| err(format!("keys[{i}]"), reason))?;
+    }
+    Ok(keys)
+}
+
+fn check_keys(records: &[KeyConfig]) -> Result<Vec<CheckedKey>, ConfigError> {
     let mut ids = std::collections::HashSet::with_capacity(records.len());
     for k in records {
         ids.insert(k.id.as_str());
     }
     let mut seen = std::collections::HashSet::with_capacity(records.len());
-    let mut keys = KeyIndex::with_capacity(records.len());
+    let mut scope_sets: HashMap<&[String], std::sync::Arc<Scopes>> = HashMap::new();
+    let mut out = Vec::with_capacity(records.len());
     for (i, k) in records.iter().enumerate() {
         let path = format!("keys[{i}]");
         check_name(&format!("{path}.id"), &k.id)?;
@@ -675,18 +726,25 @@ pub fn compile_keys(records: &[KeyConfig]) -> Result<KeyIndex, ConfigError> {
         }
         let hash: KeyHash =
             parse_key_hash(&k.hash).map_err(|reason| err(format!("{path}.hash"), reason))?;
-        let scopes =
-            Scopes::parse(&k.scopes).map_err(|reason| err(format!("{path}.scopes"), reason))?;
+        let scopes = match scope_sets.get(k.scopes.as_slice()) {
+            Some(shared) => shared.clone(),
+            None => {
+                let parsed = Scopes::parse(&k.scopes)
+                    .map_err(|reason| err(format!("{path}.scopes"), reason))?;
+                let shared = std::sync::Arc::new(parsed);
+                scope_sets.insert(k.scopes.as_slice(), shared.clone());
+                shared
+            }
+        };
         for (field, value) in [("created", &k.created), ("revoked_at", &k.revoked_at)] {
             if let Some(text) = value {
                 parse_time(text).map_err(|reason| err(format!("{path}.{field}"), reason))?;
             }
         }
         let expires_at = match &k.expires_at {
-            Some(text) => Some((
-                parse_time(text).map_err(|reason| err(format!("{path}.expires_at"), reason))?,
-                text.clone(),
-            )),
+            Some(text) => {
+                Some(parse_time(text).map_err(|reason| err(format!("{path}.expires_at"), reason))?)
+            }
             None => None,
         };
         for (field, other) in [("successor", &k.successor), ("predecessor", &k.predecessor)] {
@@ -722,21 +780,13 @@ pub fn compile_keys(records: &[KeyConfig]) -> Result<KeyIndex, ConfigError> {
                 ));
             }
         }
-        let entry = KeyEntry {
-            id: k.id.clone(),
-            team: k.team.clone(),
-            project: k.project.clone(),
+        out.push(CheckedKey {
+            hash,
             scopes,
             expires_at,
-            revoked: k.revoked,
-            successor: k.successor.clone(),
-            default_policy: k.default_policy.clone(),
-            metadata: k.metadata.clone(),
-        };
-        keys.insert(hash, entry)
-            .map_err(|reason| err(&path, reason))?;
+        });
     }
-    Ok(keys)
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -774,6 +824,41 @@ mod tests {
         let k = g.keys.get(g.keys.lookup("wk_test_1").unwrap()).unwrap();
         assert_eq!((k.id.as_str(), k.team.as_str()), ("k1", "t1"));
         assert_eq!(g.settings.cluster_header, "x-weir-cluster");
+    }
+
+    /// The filter's path (records moved into the index) gives the same keys as `compile`,
+    /// and keys with the same scope list share one parsed `Scopes`.
+    #[test]
+    fn into_gateway_moves_keys_and_shares_scope_sets() {
+        let mut c = sample();
+        let mut second = c.keys[0].clone();
+        second.id = "k2".into();
+        second.hash = format!("sha256:{}", hash_secret_hex("wk_test_2"));
+        second.expires_at = Some("2030-01-01T00:00:00Z".into());
+        let mut third = second.clone();
+        third.id = "k3".into();
+        third.hash = format!("sha256:{}", hash_secret_hex("wk_test_3"));
+        third.scopes = vec!["chat".into()];
+        c.keys.extend([second, third]);
+        let copied = c.compile().unwrap();
+        let moved = c.into_gateway().unwrap();
+        let entry =
+            |g: &Gateway, secret: &str| g.keys.get(g.keys.lookup(secret).unwrap()).unwrap().clone();
+        for secret in ["wk_test_1", "wk_test_2", "wk_test_3"] {
+            assert_eq!(entry(&copied, secret), entry(&moved, secret));
+        }
+        let (k1, k2, k3) = (
+            entry(&moved, "wk_test_1"),
+            entry(&moved, "wk_test_2"),
+            entry(&moved, "wk_test_3"),
+        );
+        assert!(std::sync::Arc::ptr_eq(&k1.scopes, &k2.scopes));
+        assert!(!std::sync::Arc::ptr_eq(&k1.scopes, &k3.scopes));
+        assert_eq!(
+            k2.expires_at,
+            Some((1_893_456_000, "2030-01-01T00:00:00Z".to_string()))
+        );
+        assert!(moved.keys.contains_id("k3") && !moved.keys.contains_id("k4"));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! preimage (the caller cannot steer digest bytes one at a time).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -25,7 +26,8 @@ pub struct KeyEntry {
     pub id: String,
     pub team: String,
     pub project: Option<String>,
-    pub scopes: Scopes,
+    /// Shared by the keys with the same scope list.
+    pub scopes: Arc<Scopes>,
     /// Unix seconds after which the key no longer works, and the same as configured text.
     pub expires_at: Option<(u64, String)>,
     pub revoked: bool,
@@ -139,6 +141,11 @@ impl KeyIndex {
         self.entries.get(index)
     }
 
+    /// Whether a key has this id (a scan: for checking configuration, not per request).
+    pub fn contains_id(&self, id: &str) -> bool {
+        self.entries.iter().any(|e| e.id == id)
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -204,7 +211,7 @@ mod tests {
             id: id.into(),
             team: "t".into(),
             project: None,
-            scopes: Scopes::parse(&["*"]).unwrap(),
+            scopes: Arc::new(Scopes::parse(&["*"]).unwrap()),
             expires_at: None,
             revoked: false,
             successor: None,

@@ -24,7 +24,11 @@ impl RootContext for WeirRoot {
         self.upstream =
             host::property(&["plugin_root_id"]).is_some_and(|id| id == b"weir-upstream");
         let bytes = host::buffer(host::PLUGIN_CONFIGURATION, 0, usize::MAX).unwrap_or_default();
-        match Config::from_json(&bytes).and_then(|c| c.compile()) {
+        let config = Config::from_json(&bytes);
+        // Wasm memory never shrinks: free the text before building the key index, so the
+        // two are never held at once.
+        drop(bytes);
+        match config.and_then(Config::into_gateway) {
             Ok(gateway) => {
                 log::info!(
                     "weir: configuration loaded: {} providers, {} tiers, {} keys",

@@ -100,7 +100,7 @@ enum Caller {
 /// The caller's scopes; none (deny everything) when there is no caller.
 fn scopes_of<'a>(gateway: &'a Gateway, caller: &'a Option<Caller>) -> Option<&'a Scopes> {
     match caller.as_ref()? {
-        Caller::Key(index) => gateway.keys.get(*index).map(|k| &k.scopes),
+        Caller::Key(index) => gateway.keys.get(*index).map(|k| k.scopes.as_ref()),
         Caller::Jwt(identity) => Some(&identity.scopes),
     }
 }
