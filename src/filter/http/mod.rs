@@ -459,7 +459,11 @@ impl WeirHttp {
             .headers
             .pairs()
             .iter()
-            .filter(|(name, _)| name.to_ascii_lowercase().starts_with("x-envoy-"))
+            .filter(|(name, _)| {
+                name.as_bytes()
+                    .get(..8)
+                    .is_some_and(|p| p.eq_ignore_ascii_case(b"x-envoy-"))
+            })
             .map(|(name, _)| name.clone())
             .collect();
         for name in envoy_headers {
