@@ -16,6 +16,8 @@ pub mod metrics;
 pub mod models;
 pub mod policy;
 pub mod providers;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod rego_text;
 pub mod routing;
 pub mod scopes;
 pub mod sse;

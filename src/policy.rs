@@ -282,66 +282,6 @@ impl std::fmt::Debug for PolicySet {
     }
 }
 
-/// The top-level fields of `input` that Rego sources read, when every use of `input` is
-/// `input.<field>` outside strings and comments; `None` (all fields) for any other use
-/// (`input[x]`, `f(input)`, `x := input`), so the answer never leaves out a field.
-pub fn referenced_input_fields<'a>(texts: impl Iterator<Item = &'a str>) -> Option<Vec<String>> {
-    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
-    let mut fields = std::collections::BTreeSet::new();
-    for text in texts {
-        let b = text.as_bytes();
-        let mut i = 0;
-        while i < b.len() {
-            match b[i] {
-                b'#' => {
-                    while i < b.len() && b[i] != b'\n' {
-                        i += 1;
-                    }
-                }
-                b'"' => {
-                    i += 1;
-                    while i < b.len() && b[i] != b'"' {
-                        i += if b[i] == b'\\' { 2 } else { 1 };
-                    }
-                    i += 1;
-                }
-                b'`' => {
-                    i += 1;
-                    while i < b.len() && b[i] != b'`' {
-                        i += 1;
-                    }
-                    i += 1;
-                }
-                c if ident(c) => {
-                    let start = i;
-                    while i < b.len() && ident(b[i]) {
-                        i += 1;
-                    }
-                    if &b[start..i] != b"input" {
-                        continue;
-                    }
-                    // `input` must be followed by `.field`.
-                    let field_start = i + 1;
-                    if b.get(i) != Some(&b'.')
-                        || !b
-                            .get(field_start)
-                            .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
-                    {
-                        return None;
-                    }
-                    i = field_start;
-                    while i < b.len() && ident(b[i]) {
-                        i += 1;
-                    }
-                    fields.insert(text[field_start..i].to_string());
-                }
-                _ => i += 1,
-            }
-        }
-    }
-    Some(fields.into_iter().collect())
-}
-
 /// A name usable as a Rego package segment and a header value.
 pub fn valid_policy_name(name: &str) -> bool {
     !name.is_empty()
@@ -360,50 +300,65 @@ impl PolicySet {
         data: &serde_json::Value,
         default: Option<&str>,
     ) -> Result<PolicySet, String> {
-        let mut engine = Engine::new();
         let mut names = Vec::new();
-        for m in modules {
-            let package = engine
-                .add_policy(m.path.clone(), m.text.clone())
-                .map_err(|e| e.to_string())?;
-            if let Some(name) = package.strip_prefix(POLICY_PREFIX) {
-                if !valid_policy_name(name) {
-                    return Err(format!(
-                        "{}: policy package {package}: the name must be lower-case letters, digits and _",
-                        m.path
-                    ));
-                }
-                if !names.iter().any(|n| n == name) {
-                    names.push(name.to_string());
-                }
+        let data = data_value(data);
+        // The interpreter runs the source as written: it is the reference.
+        let mut engine = new_engine(
+            modules.iter().map(|m| (m.path.as_str(), m.text.as_str())),
+            &data,
+            &mut names,
+        )?;
+        // The VM gets the same source with imports spelled out (see `rego_text`), and
+        // the source as written if that does not compile or decide the same.
+        let inlined: Vec<String> = modules
+            .iter()
+            .map(|m| crate::rego_text::inline_imports(&m.text))
+            .collect();
+        let mut fast_engine = if inlined.iter().zip(modules).any(|(t, m)| *t != m.text) {
+            let texts = modules.iter().zip(&inlined);
+            Some(new_engine(
+                texts.map(|(m, t)| (m.path.as_str(), t.as_str())),
+                &data,
+                &mut Vec::new(),
+            )?)
+        } else {
+            None
+        };
+        if let Some(d) = default {
+            if !names.iter().any(|n| n == d) {
+                return Err(format!(
+                    "the default policy {d:?} is not defined (known: {})",
+                    names.join(", ")
+                ));
             }
         }
-        for name in &names {
-            engine
-                .add_policy(format!("weir-generated/{name}.rego"), wrapper(name))
-                .map_err(|e| format!("policy {name}: {e}"))?;
-        }
-        let data = data_value(data);
-        engine
-            .add_data(data.clone())
-            .map_err(|e| format!("policy data: {e}"))?;
         // One list for the whole set: a policy may read input through any module it imports.
-        let input_fields = referenced_input_fields(modules.iter().map(|m| m.text.as_str()));
+        let input_fields =
+            crate::rego_text::referenced_input_fields(modules.iter().map(|m| m.text.as_str()));
         let mut policies = HashMap::new();
         for name in &names {
             engine.set_input(Value::from(json!({})));
             let needs = engine
                 .eval_rule(format!("data.weir.eval.{name}.needs_messages"))
                 .map_err(|e| format!("policy {name}: {e}"))?;
-            let compiled =
-                compile_program(&mut engine, name).and_then(|p| Ok((new_vm(p.clone(), &data)?, p)));
-            let (vm, program, interpreted_because) = match compiled {
+            // Decided once now, so the first request does not pay for preparing the VM.
+            let mut references = Vec::new();
+            for probe in probe_inputs() {
+                let input = Value::from(probe);
+                let decision = interpret_on(&mut engine, name, input.clone())
+                    .map_err(|e| format!("policy {name}: {e}"))?;
+                references.push((input, decision));
+            }
+            let mut chosen = Err(String::new());
+            for e in fast_engine.iter_mut().chain([&mut engine]) {
+                chosen = vm_deciding_as(e, name, &data, &references);
+                if chosen.is_ok() {
+                    break;
+                }
+            }
+            let (vm, program, interpreted_because) = match chosen {
                 Ok((vm, program)) => (Some(vm), Some(program), None),
-                Err(e) => (
-                    None,
-                    None,
-                    Some(format!("regorus's VM cannot compile it: {e}")),
-                ),
+                Err(why) => (None, None, Some(why)),
             };
             policies.insert(
                 name.clone(),
@@ -416,43 +371,11 @@ impl PolicySet {
                 },
             );
         }
-        let mut set = PolicySet {
+        Ok(PolicySet {
             engine: Some(engine),
             policies,
             default: default.map(str::to_string),
-        };
-        if let Some(d) = default {
-            if !set.policies.contains_key(d) {
-                return Err(format!(
-                    "the default policy {d:?} is not defined (known: {})",
-                    set.names().join(", ")
-                ));
-            }
-        }
-        // Prepare once now, so the first request does not pay for it, and hold the VM to
-        // the interpreter's answers: where they differ, the interpreter runs the policy.
-        for name in &names {
-            for probe in probe_inputs() {
-                let input = Value::from(probe);
-                let reference = set
-                    .interpret(name, input.clone())
-                    .map_err(|e| format!("policy {name}: {e}"))?;
-                let Some(p) = set.policies.get_mut(name.as_str()) else {
-                    continue;
-                };
-                if let Some(vm) = p.vm.as_mut() {
-                    let fast = run_vm(vm, input);
-                    if fast.as_ref() != Ok(&reference) {
-                        p.vm = None;
-                        p.program = None;
-                        p.interpreted_because = Some(format!(
-                            "regorus's VM decided {fast:?} where its interpreter decided {reference:?}"
-                        ));
-                    }
-                }
-            }
-        }
-        Ok(set)
+        })
     }
 
     /// The set the filter runs: programs compiled by `weir bundle`, no interpreter.
@@ -624,12 +547,77 @@ impl PolicySet {
             .engine
             .as_mut()
             .ok_or_else(|| format!("policy {name:?}: no interpreter"))?;
-        engine.set_input(input);
-        let value = engine
-            .eval_rule(result_rule(name))
-            .map_err(|e| e.to_string())?;
-        decision_of(&value)
+        interpret_on(engine, name, input)
     }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn interpret_on(engine: &mut Engine, name: &str, input: Value) -> Result<Decision, String> {
+    engine.set_input(input);
+    let value = engine
+        .eval_rule(result_rule(name))
+        .map_err(|e| e.to_string())?;
+    decision_of(&value)
+}
+
+/// An engine with `modules` (path, text), the wrapper of each policy among them (whose
+/// names go to `names`) and `data`.
+#[cfg(not(target_arch = "wasm32"))]
+fn new_engine<'a>(
+    modules: impl Iterator<Item = (&'a str, &'a str)>,
+    data: &Value,
+    names: &mut Vec<String>,
+) -> Result<Engine, String> {
+    let mut engine = Engine::new();
+    let mut ours = Vec::new();
+    for (path, text) in modules {
+        let package = engine
+            .add_policy(path.to_string(), text.to_string())
+            .map_err(|e| e.to_string())?;
+        if let Some(name) = package.strip_prefix(POLICY_PREFIX) {
+            if !valid_policy_name(name) {
+                return Err(format!(
+                    "{path}: policy package {package}: the name must be lower-case letters, digits and _"
+                ));
+            }
+            if !ours.iter().any(|n| n == name) {
+                ours.push(name.to_string());
+            }
+        }
+    }
+    for name in &ours {
+        engine
+            .add_policy(format!("weir-generated/{name}.rego"), wrapper(name))
+            .map_err(|e| format!("policy {name}: {e}"))?;
+    }
+    engine
+        .add_data(data.clone())
+        .map_err(|e| format!("policy data: {e}"))?;
+    *names = ours;
+    Ok(engine)
+}
+
+/// Policy `name` compiled for the VM from `engine`'s source, if it compiles and decides
+/// the `references` (input, the interpreter's decision) as the interpreter did.
+#[cfg(not(target_arch = "wasm32"))]
+fn vm_deciding_as(
+    engine: &mut Engine,
+    name: &str,
+    data: &Value,
+    references: &[(Value, Decision)],
+) -> Result<(RegoVM, Arc<Program>), String> {
+    let program = compile_program(engine, name)
+        .map_err(|e| format!("regorus's VM cannot compile it: {e}"))?;
+    let mut vm = new_vm(program.clone(), data)?;
+    for (input, want) in references {
+        let got = run_vm(&mut vm, input.clone());
+        if got.as_ref() != Ok(want) {
+            return Err(format!(
+                "regorus's VM decided {got:?} where its interpreter decided {want:?}"
+            ));
+        }
+    }
+    Ok((vm, program))
 }
 
 fn run_vm(vm: &mut RegoVM, input: Value) -> Result<Decision, String> {
@@ -1021,6 +1009,36 @@ tags contains "reviewed"
     }
 
     #[test]
+    fn imported_rules_are_called_directly() {
+        // The samples read `baseline.deny` through `import data.weir.lib.baseline`. Compiled
+        // as written, the VM builds the whole baseline package per request to index it
+        // (a virtual-document lookup); spelled out, it calls the rules.
+        let (modules, data) = samples();
+        let lookups = |set: &PolicySet, name: &str| {
+            let program = set.policies[name].program.as_ref().unwrap();
+            program
+                .instruction_data
+                .virtual_data_document_lookup_params
+                .len()
+        };
+        let set = PolicySet::compile(&modules, &data, None).unwrap();
+        for name in ["standard", "dlp"] {
+            assert_eq!(lookups(&set, name), 0, "{name}");
+        }
+        let mut engine = new_engine(
+            modules.iter().map(|m| (m.path.as_str(), m.text.as_str())),
+            &data_value(&data),
+            &mut Vec::new(),
+        )
+        .unwrap();
+        let as_written = compile_program(&mut engine, "standard").unwrap();
+        assert!(!as_written
+            .instruction_data
+            .virtual_data_document_lookup_params
+            .is_empty());
+    }
+
+    #[test]
     fn bundled_programs_decide_as_the_interpreter_does() {
         let (modules, data) = samples();
         let mut reference = PolicySet::compile(&modules, &data, Some("standard")).unwrap();
@@ -1127,28 +1145,12 @@ tags contains "reviewed"
     #[test]
     fn the_input_fields_a_policy_reads_are_found() {
         let (modules, _) = samples();
-        let fields = referenced_input_fields(modules.iter().map(|m| m.text.as_str()));
+        let fields =
+            crate::rego_text::referenced_input_fields(modules.iter().map(|m| m.text.as_str()));
         assert_eq!(
             fields.as_deref(),
             Some(&["caller", "messages", "model", "time"].map(String::from)[..])
         );
-        let of = |t: &str| referenced_input_fields([t].into_iter());
-        // Strings and comments do not count; imports do.
-        assert_eq!(
-            of("import input.request as r\n# input[x]\np := \"input\" if `input` == r.id\n"),
-            Some(vec!["request".to_string()])
-        );
-        // Any other use of `input` means every field.
-        for t in [
-            "x := input[\"caller\"]",
-            "x := object.get(input, \"caller\", 1)",
-            "x := input",
-            "x := input.",
-            "x := input . caller",
-        ] {
-            assert_eq!(of(t), None, "{t}");
-        }
-        assert_eq!(of("my_input := 1\ninputs := 2"), Some(vec![]));
         // The set carries the list to the filter, and the input is built with those only.
         let (modules, data) = samples();
         let set = PolicySet::compile(&modules, &data, None).unwrap();

@@ -1,0 +1,257 @@
+//! What Weir reads from Rego source before compiling it (host only, at `weir bundle`):
+//! which input fields a policy reads, and imports spelled out so regorus's VM can call
+//! the imported rules directly.
+//!
+//! This is a scanner, not a parser: it only has to tell code from strings and comments
+//! and split code into words and symbols. Every answer errs on the safe side (all input
+//! fields; an import left as it is), and the VM's decisions are checked against the
+//! interpreter's on the original source anyway.
+
+/// A word (identifier, keyword or number) or one other character of Rego code, outside
+/// strings and comments, with its byte offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Token<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl Token<'_> {
+    fn end(&self) -> usize {
+        self.at + self.text.len()
+    }
+
+    /// An identifier (not a number).
+    fn is_name(&self) -> bool {
+        self.text
+            .bytes()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+    }
+}
+
+fn is_word_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+fn tokens(text: &str) -> Vec<Token<'_>> {
+    let b = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'#' => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'`' => {
+                i += 1;
+                while i < b.len() && b[i] != b'`' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            c if c.is_ascii_whitespace() => i += 1,
+            c if is_word_byte(c) => {
+                let start = i;
+                while i < b.len() && is_word_byte(b[i]) {
+                    i += 1;
+                }
+                out.push(Token {
+                    text: &text[start..i],
+                    at: start,
+                });
+            }
+            _ => {
+                let len = text[i..].chars().next().map_or(1, char::len_utf8);
+                out.push(Token {
+                    text: &text[i..i + len],
+                    at: i,
+                });
+                i += len;
+            }
+        }
+    }
+    out
+}
+
+/// The top-level fields of `input` that Rego sources read, when every use of `input` is
+/// `input.<field>` outside strings and comments; `None` (all fields) for any other use
+/// (`input[x]`, `f(input)`, `x := input`), so the answer never leaves out a field.
+pub fn referenced_input_fields<'a>(texts: impl Iterator<Item = &'a str>) -> Option<Vec<String>> {
+    let mut fields = std::collections::BTreeSet::new();
+    for text in texts {
+        let toks = tokens(text);
+        for (i, t) in toks.iter().enumerate() {
+            if t.text != "input" {
+                continue;
+            }
+            match (toks.get(i + 1), toks.get(i + 2)) {
+                (Some(dot), Some(field))
+                    if dot.text == "." && dot.at == t.end() && field.at == dot.end() =>
+                {
+                    if !field.is_name() {
+                        return None;
+                    }
+                    fields.insert(field.text.to_string());
+                }
+                _ => return None,
+            }
+        }
+    }
+    Some(fields.into_iter().collect())
+}
+
+/// One `import data.a.b [as c]`: tokens `first..=last`, the name it binds, its path.
+struct Import {
+    first: usize,
+    last: usize,
+    alias: String,
+    path: String,
+}
+
+/// `import data.<name>(.<name>)* [as <name>]` starting at token `i`.
+fn import_at(toks: &[Token<'_>], i: usize) -> Option<Import> {
+    let is = |j: usize, s: &str| toks.get(j).is_some_and(|t| t.text == s);
+    if !is(i, "import") || (i > 0 && is(i - 1, ".")) || !is(i + 1, "data") {
+        return None;
+    }
+    let mut path = String::from("data");
+    let mut last = i + 1;
+    while is(last + 1, ".") && toks.get(last + 2).is_some_and(Token::is_name) {
+        path.push('.');
+        path.push_str(toks[last + 2].text);
+        last += 2;
+    }
+    if last == i + 1 || is(last + 1, "[") || is(last + 1, ".") {
+        return None;
+    }
+    let mut alias = toks[last].text.to_string();
+    if is(last + 1, "as") && toks.get(last + 2).is_some_and(Token::is_name) {
+        alias = toks[last + 2].text.to_string();
+        last += 2;
+    }
+    Some(Import {
+        first: i,
+        last,
+        alias,
+        path,
+    })
+}
+
+/// `text` with every `alias.x` / `alias[x]` of a `data` import written as the full
+/// `data.a.b.x`. Same meaning, but regorus's VM resolves an import alias by building the
+/// whole imported package as one object (every rule in it, on every request) and then
+/// indexing it; a full path calls just the rule. An alias used any other way (bare, as a
+/// variable or a rule name) is left alone; so is everything outside code.
+pub fn inline_imports(text: &str) -> String {
+    let toks = tokens(text);
+    let imports: Vec<Import> = (0..toks.len())
+        .filter_map(|i| import_at(&toks, i))
+        .collect();
+    let in_import = |j: usize| imports.iter().any(|m| (m.first..=m.last).contains(&j));
+    let mut edits: Vec<(usize, usize, &str)> = Vec::new();
+    for import in &imports {
+        let mut uses = Vec::new();
+        let mut only_as_prefix = true;
+        for (j, t) in toks.iter().enumerate() {
+            if t.text != import.alias || in_import(j) || (j > 0 && toks[j - 1].text == ".") {
+                continue;
+            }
+            match toks.get(j + 1) {
+                Some(next) if (next.text == "." || next.text == "[") && next.at == t.end() => {
+                    uses.push((t.at, t.end(), import.path.as_str()));
+                }
+                _ => only_as_prefix = false,
+            }
+        }
+        if only_as_prefix {
+            edits.extend(uses);
+        }
+    }
+    edits.sort_unstable();
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    for (start, end, path) in edits {
+        out.push_str(&text[copied..start]);
+        out.push_str(path);
+        copied = end;
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_input_fields_read_are_found() {
+        let of = |t: &str| referenced_input_fields([t].into_iter());
+        // Strings and comments do not count; imports do.
+        assert_eq!(
+            of("import input.request as r\n# input[x]\np := \"input\" if `input` == r.id\n"),
+            Some(vec!["request".to_string()])
+        );
+        assert_eq!(
+            of("a if input.caller.team == \"x\"\nb if input.model.requested\nc := input.caller"),
+            Some(vec!["caller".to_string(), "model".to_string()])
+        );
+        // Any other use of `input` means every field.
+        for t in [
+            "x := input[\"caller\"]",
+            "x := object.get(input, \"caller\", 1)",
+            "x := input",
+            "x := input.",
+            "x := input . caller",
+            "x := input.1",
+        ] {
+            assert_eq!(of(t), None, "{t}");
+        }
+        assert_eq!(of("my_input := 1\ninputs := 2"), Some(vec![]));
+        assert_eq!(of("s := \"é input\" # ü input\n"), Some(vec![]));
+    }
+
+    #[test]
+    fn imports_are_spelled_out() {
+        let text = "package p\n\nimport data.weir.lib.baseline\nimport data.caps as limits\n\n\
+                    deny contains m if some m in baseline.deny\n\
+                    cap := limits[input.team]\n\
+                    x := y.baseline.z # baseline.deny\n\
+                    s := \"baseline.deny\"\n";
+        assert_eq!(
+            inline_imports(text),
+            "package p\n\nimport data.weir.lib.baseline\nimport data.caps as limits\n\n\
+             deny contains m if some m in data.weir.lib.baseline.deny\n\
+             cap := data.caps[input.team]\n\
+             x := y.baseline.z # baseline.deny\n\
+             s := \"baseline.deny\"\n"
+        );
+    }
+
+    #[test]
+    fn imports_used_otherwise_are_left_alone() {
+        for text in [
+            // Bare, shadowed by a variable, or a rule of that name.
+            "import data.lib\nx := lib\ny := lib.a\n",
+            "import data.lib\nf(lib) := lib.a\n",
+            "import data.lib\nx if { some lib in [1]; lib.a }\n",
+            // Spaced out, or not a plain dotted path.
+            "import data.lib\nx := lib .a\n",
+            "import data.lib[\"a-b\"]\nx := lib.c\n",
+            "import data\nx := data.a\n",
+            // Not data.
+            "import input.request as r\nx := r.id\n",
+            "import rego.v1\nx := v1.a\n",
+        ] {
+            assert_eq!(inline_imports(text), text, "{text}");
+        }
+    }
+}
