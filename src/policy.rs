@@ -25,6 +25,7 @@ use regorus::Value;
 #[cfg(not(target_arch = "wasm32"))]
 use regorus::{languages::rego::compiler::Compiler, Engine, Rc};
 use serde::{Deserialize, Serialize};
+#[cfg(not(target_arch = "wasm32"))]
 use serde_json::json;
 
 /// The version of the input document; bumped on any incompatible change.
@@ -343,8 +344,7 @@ impl PolicySet {
                 .map_err(|e| format!("policy {name}: {e}"))?;
             // Decided once now, so the first request does not pay for preparing the VM.
             let mut references = Vec::new();
-            for probe in probe_inputs() {
-                let input = Value::from(probe);
+            for input in probe_inputs() {
                 let decision = interpret_on(&mut engine, name, input.clone())
                     .map_err(|e| format!("policy {name}: {e}"))?;
                 references.push((input, decision));
@@ -503,8 +503,7 @@ impl PolicySet {
 
     /// Evaluates policy `name` on `input`: on the VM, or (on the host) the interpreter
     /// if the VM cannot.
-    pub fn evaluate(&mut self, name: &str, input: serde_json::Value) -> Result<Decision, String> {
-        let input = Value::from(input);
+    pub fn evaluate(&mut self, name: &str, input: Value) -> Result<Decision, String> {
         let p = self
             .policies
             .get_mut(name)
@@ -665,17 +664,33 @@ pub fn run_tests(
     Ok(results)
 }
 
-/// The caller, as policies see it.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct CallerInput {
+/// The caller, as policies see it (borrowed from the key or token).
+#[derive(Debug, Clone, Copy)]
+pub struct CallerInput<'a> {
     pub kind: &'static str,
-    pub key_id: Option<String>,
-    pub team: Option<String>,
-    pub project: Option<String>,
-    pub scopes: Vec<String>,
-    pub metadata: BTreeMap<String, String>,
+    pub key_id: Option<&'a str>,
+    pub team: Option<&'a str>,
+    pub project: Option<&'a str>,
+    pub scopes: &'a [String],
+    pub metadata: &'a BTreeMap<String, String>,
     /// JWT claims, for callers identified by a token.
-    pub claims: Option<serde_json::Value>,
+    pub claims: Option<&'a serde_json::Value>,
+}
+
+static NO_METADATA: BTreeMap<String, String> = BTreeMap::new();
+
+impl Default for CallerInput<'_> {
+    fn default() -> Self {
+        CallerInput {
+            kind: "",
+            key_id: None,
+            team: None,
+            project: None,
+            scopes: &[],
+            metadata: &NO_METADATA,
+            claims: None,
+        }
+    }
 }
 
 /// What the request asks for, as policies see it.
@@ -714,7 +729,7 @@ pub struct InputParts<'a> {
     pub api: &'a str,
     /// Lower-case names; credentials already removed.
     pub headers: Vec<(String, String)>,
-    pub caller: CallerInput,
+    pub caller: CallerInput<'a>,
     pub user: Option<&'a str>,
     pub run_id: &'a str,
     pub tags: &'a [String],
@@ -730,68 +745,147 @@ pub struct InputParts<'a> {
     pub usage: Option<serde_json::Value>,
 }
 
-/// Builds the input document.
+/// The input document, as JSON (for people and tests; policies get `input_value`).
 pub fn build_input(p: &InputParts<'_>) -> serde_json::Value {
-    build_input_with(p, None)
+    to_json(&input_value(p, None)).unwrap_or_default()
 }
 
-/// Builds the input document with only the top-level `fields` (`None`: all of them).
-pub fn build_input_with(p: &InputParts<'_>, fields: Option<&[String]>) -> serde_json::Value {
+/// The input document with only the top-level `fields` (`None`: all of them), built
+/// straight as Rego values: no JSON in between, which costs as much again per request.
+pub fn input_value(p: &InputParts<'_>, fields: Option<&[String]>) -> Value {
     let wants = |f: &str| fields.is_none_or(|fs| fs.iter().any(|x| x == f));
-    let mut input = serde_json::Map::new();
-    input.insert("version".into(), json!(INPUT_VERSION));
+    let mut input = vec![("version", Value::from(INPUT_VERSION))];
     if wants("request") {
-        let headers: serde_json::Map<String, serde_json::Value> = p
+        let headers = p
             .headers
             .iter()
-            .map(|(k, v)| (k.clone(), json!(v)))
-            .collect();
-        input.insert(
-            "request".into(),
-            json!({"id": p.request_id, "method": p.method, "path": p.path, "endpoint": p.endpoint, "api": p.api, "headers": headers}),
-        );
+            .map(|(k, v)| (Value::from(k.as_str()), Value::from(v.as_str())));
+        input.push((
+            "request",
+            object(vec![
+                ("id", Value::from(p.request_id)),
+                ("method", Value::from(p.method)),
+                ("path", Value::from(p.path)),
+                ("endpoint", Value::from(p.endpoint)),
+                ("api", Value::from(p.api)),
+                ("headers", map(headers.collect())),
+            ]),
+        ));
     }
     if wants("caller") {
-        input.insert("caller".into(), json!(p.caller));
+        input.push(("caller", caller_value(&p.caller)));
     }
     if wants("directives") {
-        input.insert(
-            "directives".into(),
-            json!({
-                "user": p.user, "run_id": p.run_id, "tags": p.tags, "policy": p.policy, "locale": p.locale,
-                "plan": p.caller.metadata.get("plan"), "region": p.caller.metadata.get("region"),
-            }),
-        );
+        let meta = |k: &str| optional(p.caller.metadata.get(k).map(String::as_str));
+        input.push((
+            "directives",
+            object(vec![
+                ("user", optional(p.user)),
+                ("run_id", Value::from(p.run_id)),
+                ("tags", strings(p.tags)),
+                ("policy", Value::from(p.policy)),
+                ("locale", optional(p.locale)),
+                ("plan", meta("plan")),
+                ("region", meta("region")),
+            ]),
+        ));
     }
     if wants("model") {
-        input.insert(
-            "model".into(),
-            json!({"requested": p.model, "is_tier": p.is_tier}),
-        );
+        input.push((
+            "model",
+            object(vec![
+                ("requested", Value::from(p.model)),
+                ("is_tier", Value::from(p.is_tier)),
+            ]),
+        ));
     }
     if wants("params") {
-        input.insert("params".into(), json!(p.params));
+        let q = &p.params;
+        input.push((
+            "params",
+            object(vec![
+                ("stream", Value::from(q.stream)),
+                ("max_tokens", q.max_tokens.map_or(Value::Null, Value::from)),
+                (
+                    "temperature",
+                    q.temperature.map_or(Value::Null, Value::from),
+                ),
+                ("messages", Value::from(q.messages)),
+                ("input_chars", Value::from(q.input_chars)),
+                ("tools", strings(&q.tools)),
+            ]),
+        ));
     }
     if wants("time") {
-        input.insert("time".into(), time_parts(p.now_unix));
+        input.push(("time", time_value(p.now_unix)));
     }
     if let Some(usage) = p.usage.as_ref().filter(|_| wants("usage")) {
-        input.insert("usage".into(), usage.clone());
+        input.push(("usage", Value::from(usage.clone())));
     }
     if let Some(messages) = p.messages.as_ref().filter(|_| wants("messages")) {
-        input.insert(
-            "messages".into(),
-            messages
-                .iter()
-                .map(|(role, text)| json!({"role": role, "text": text}))
-                .collect(),
-        );
+        let messages = messages.iter().map(|(role, text)| {
+            object(vec![
+                ("role", Value::from(role.as_str())),
+                ("text", Value::from(text.as_str())),
+            ])
+        });
+        input.push(("messages", Value::from(messages.collect::<Vec<_>>())));
     }
-    serde_json::Value::Object(input)
+    object(input)
+}
+
+/// The caller object of the input.
+fn caller_value(c: &CallerInput<'_>) -> Value {
+    let metadata = c
+        .metadata
+        .iter()
+        .map(|(k, v)| (Value::from(k.as_str()), Value::from(v.as_str())));
+    object(vec![
+        ("kind", Value::from(c.kind)),
+        ("key_id", optional(c.key_id)),
+        ("team", optional(c.team)),
+        ("project", optional(c.project)),
+        ("scopes", strings(c.scopes)),
+        (
+            "metadata",
+            map(metadata.collect()),
+        ),
+        (
+            "claims",
+            c.claims.map_or(Value::Null, |j| Value::from(j.clone())),
+        ),
+    ])
+}
+
+// Plain functions over Vecs, not generics, keep the module small (one copy each).
+fn object(fields: Vec<(&str, Value)>) -> Value {
+    map(fields.into_iter().map(|(k, v)| (Value::from(k), v)).collect())
+}
+
+fn map(pairs: Vec<(Value, Value)>) -> Value {
+    Value::from(pairs.into_iter().collect::<BTreeMap<_, _>>())
+}
+
+fn optional(s: Option<&str>) -> Value {
+    s.map_or(Value::Null, Value::from)
+}
+
+fn strings(items: &[String]) -> Value {
+    Value::from(
+        items
+            .iter()
+            .map(|s| Value::from(s.as_str()))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// The time, broken down in UTC, as JSON.
+pub fn time_parts(unix: u64) -> serde_json::Value {
+    to_json(&time_value(unix)).unwrap_or_default()
 }
 
 /// The time, broken down in UTC (Rego in wasm has no clock builtins).
-pub fn time_parts(unix: u64) -> serde_json::Value {
+fn time_value(unix: u64) -> Value {
     let days = unix / 86_400;
     let secs = unix % 86_400;
     // 1970-01-01 was a Thursday; ISO weekday: Monday = 1 ... Sunday = 7.
@@ -800,74 +894,82 @@ pub fn time_parts(unix: u64) -> serde_json::Value {
         std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix),
     )
     .to_string();
-    json!({
-        "unix": unix,
-        "rfc3339": rfc3339,
-        "date": rfc3339.get(..10),
-        "weekday": weekday,
-        "hour": secs / 3600,
-        "minute": secs % 3600 / 60,
-    })
+    object(vec![
+        ("unix", Value::from(unix)),
+        ("date", optional(rfc3339.get(..10))),
+        ("rfc3339", Value::from(rfc3339)),
+        ("weekday", Value::from(weekday)),
+        ("hour", Value::from(secs / 3600)),
+        ("minute", Value::from(secs % 3600 / 60)),
+    ])
 }
 
 /// Inputs every policy is evaluated on when it is compiled: one with nothing set, and one
 /// with every field a request can carry.
-fn probe_inputs() -> [serde_json::Value; 2] {
-    let empty = build_input(&InputParts {
-        request_id: "prepare",
-        method: "POST",
-        path: "/v1/chat/completions",
-        endpoint: "chat_completions",
-        api: "openai",
-        caller: CallerInput {
-            kind: "api_key",
+fn probe_inputs() -> [Value; 2] {
+    let empty = input_value(
+        &InputParts {
+            request_id: "prepare",
+            method: "POST",
+            path: "/v1/chat/completions",
+            endpoint: "chat_completions",
+            api: "openai",
+            caller: CallerInput {
+                kind: "api_key",
+                ..Default::default()
+            },
+            run_id: "prepare",
+            policy: "",
+            model: "prepare",
+            messages: Some(Vec::new()),
             ..Default::default()
         },
-        run_id: "prepare",
-        policy: "",
-        model: "prepare",
-        messages: Some(Vec::new()),
-        ..Default::default()
-    });
+        None,
+    );
     let tags = ["probe".to_string()];
-    let full = build_input(&InputParts {
-        request_id: "prepare",
-        method: "POST",
-        path: "/v1/messages",
-        endpoint: "messages",
-        api: "anthropic",
-        headers: vec![("user-agent".into(), "probe".into())],
-        caller: CallerInput {
-            kind: "api_key",
-            key_id: Some("probe".into()),
-            team: Some("probe".into()),
-            project: Some("probe".into()),
-            scopes: vec!["chat".into(), "model:*".into()],
-            metadata: BTreeMap::from([("plan".to_string(), "probe".to_string())]),
-            claims: None,
+    let scopes = ["chat".to_string(), "model:*".to_string()];
+    let metadata = BTreeMap::from([("plan".to_string(), "probe".to_string())]);
+    let full = input_value(
+        &InputParts {
+            request_id: "prepare",
+            method: "POST",
+            path: "/v1/messages",
+            endpoint: "messages",
+            api: "anthropic",
+            headers: vec![("user-agent".into(), "probe".into())],
+            caller: CallerInput {
+                kind: "api_key",
+                key_id: Some("probe"),
+                team: Some("probe"),
+                project: Some("probe"),
+                scopes: &scopes,
+                metadata: &metadata,
+                claims: None,
+            },
+            user: Some("probe"),
+            run_id: "probe",
+            tags: &tags,
+            locale: Some("en"),
+            policy: "probe",
+            model: "balanced",
+            is_tier: true,
+            params: ParamsInput {
+                stream: true,
+                max_tokens: Some(1000),
+                temperature: Some(0.5),
+                messages: 2,
+                input_chars: 30,
+                tools: vec!["probe".into()],
+            },
+            messages: Some(vec![
+                ("system".into(), "You are a probe.".into()),
+                ("user".into(), "Hello, probe 4111 1111 1111 1111".into()),
+            ]),
+            now_unix: 1_795_336_805,
+            usage: None,
         },
-        user: Some("probe"),
-        run_id: "probe",
-        tags: &tags,
-        locale: Some("en"),
-        policy: "probe",
-        model: "balanced",
-        is_tier: true,
-        params: ParamsInput {
-            stream: true,
-            max_tokens: Some(1000),
-            temperature: Some(0.5),
-            messages: 2,
-            input_chars: 30,
-            tools: vec!["probe".into()],
-        },
-        messages: Some(vec![
-            ("system".into(), "You are a probe.".into()),
-            ("user".into(), "Hello, probe 4111 1111 1111 1111".into()),
-        ]),
-        now_unix: 1_795_336_805,
-        usage: None,
-    });
+        None,
+    );
     [empty, full]
 }
 
@@ -908,16 +1010,16 @@ tags contains "reviewed"
     }
 
     fn input(team: &str, model: &str, plan: Option<&str>) -> serde_json::Value {
-        let mut caller = CallerInput {
-            kind: "api_key",
-            team: Some(team.into()),
-            ..Default::default()
-        };
-        if let Some(plan) = plan {
-            caller.metadata.insert("plan".into(), plan.into());
-        }
+        let metadata = plan
+            .map(|p| BTreeMap::from([("plan".to_string(), p.to_string())]))
+            .unwrap_or_default();
         build_input(&InputParts {
-            caller,
+            caller: CallerInput {
+                kind: "api_key",
+                team: Some(team),
+                metadata: &metadata,
+                ..Default::default()
+            },
             model,
             run_id: "r",
             policy: "demo",
@@ -930,7 +1032,9 @@ tags contains "reviewed"
     fn decisions() {
         let mut s = set();
         assert_eq!(s.names(), vec!["demo"]);
-        let d = s.evaluate("demo", input("interns", "best", None)).unwrap();
+        let d = s
+            .evaluate("demo", Value::from(input("interns", "best", None)))
+            .unwrap();
         assert_eq!(
             d.denial().unwrap(),
             Denial {
@@ -940,17 +1044,23 @@ tags contains "reviewed"
             }
         );
         assert_eq!(d.tags, vec!["reviewed"]);
-        let d = s.evaluate("demo", input("noisy", "fast", None)).unwrap();
+        let d = s
+            .evaluate("demo", Value::from(input("noisy", "fast", None)))
+            .unwrap();
         assert_eq!(d.denial().unwrap().status, 429);
         assert_eq!(d.denial().unwrap().retry_after, Some(30));
         let d = s
-            .evaluate("demo", input("support", "best", Some("free")))
+            .evaluate("demo", Value::from(input("support", "best", Some("free"))))
             .unwrap();
         assert!(d.denial().is_none());
         assert_eq!((d.tier.as_deref(), d.max_tokens), (Some("fast"), Some(256)));
-        let d = s.evaluate("demo", input("other", "best", None)).unwrap();
+        let d = s
+            .evaluate("demo", Value::from(input("other", "best", None)))
+            .unwrap();
         assert_eq!((d.tier, d.max_tokens), (None, None));
-        assert!(s.evaluate("nope", input("x", "y", None)).is_err());
+        assert!(s
+            .evaluate("nope", Value::from(input("x", "y", None)))
+            .is_err());
     }
 
     #[test]
@@ -983,7 +1093,11 @@ tags contains "reviewed"
         let mut i = input("t", "fast", None);
         i["messages"] = json!([{"role": "user", "text": "my card 4111111111111111"}]);
         assert_eq!(
-            s.evaluate("dlp", i).unwrap().denial().unwrap().reason,
+            s.evaluate("dlp", Value::from(i))
+                .unwrap()
+                .denial()
+                .unwrap()
+                .reason,
             "card"
         );
     }
@@ -1078,7 +1192,7 @@ tags contains "reviewed"
                                     .unwrap()
                                     .retain(|k, _| k == "version" || fields.contains(k));
                                 assert!(pruned.as_object().unwrap().len() < 9);
-                                let got = filter.evaluate(policy, pruned);
+                                let got = filter.evaluate(policy, Value::from(pruned));
                                 assert_eq!(
                                     got, want,
                                     "{policy} {plan} {team} {model} {unix} {text}"
@@ -1115,7 +1229,9 @@ tags contains "reviewed"
         let e = s.bundled().unwrap_err();
         assert!(e.contains("policy with") && e.contains("VM"), "{e}");
         // On the host (weir policy eval) the interpreter still runs it.
-        let d = s.evaluate("with", input("t", "fast", None)).unwrap();
+        let d = s
+            .evaluate("with", Value::from(input("t", "fast", None)))
+            .unwrap();
         assert_eq!(d.denial().unwrap().reason, "x");
     }
 
@@ -1164,7 +1280,7 @@ tags contains "reviewed"
             ..Default::default()
         };
         i.caller.kind = "api_key";
-        let built = build_input_with(&i, Some(fields));
+        let built = to_json(&input_value(&i, Some(fields))).unwrap();
         let mut keys: Vec<&str> = built
             .as_object()
             .unwrap()
@@ -1174,9 +1290,71 @@ tags contains "reviewed"
         keys.sort_unstable();
         assert_eq!(keys, ["caller", "messages", "model", "time", "version"]);
         assert_eq!(built["caller"], build_input(&i)["caller"]);
-        let all = build_input_with(&i, None);
+        let all = build_input(&i);
         assert_eq!(all.as_object().unwrap().len(), 9);
-        assert_eq!(all, build_input(&i));
+    }
+
+    #[test]
+    fn the_input_document_keeps_its_documented_shape() {
+        // Field names and types are Weir's stable interface (README "Policies").
+        let tags = ["a".to_string()];
+        let scopes = ["chat".to_string()];
+        let metadata = BTreeMap::from([("region".to_string(), "eu".to_string())]);
+        let claims = json!({"sub": "u1", "groups": ["x"]});
+        let built = build_input(&InputParts {
+            request_id: "r1",
+            method: "POST",
+            path: "/v1/messages",
+            endpoint: "messages",
+            api: "anthropic",
+            headers: vec![("user-agent".into(), "sdk".into())],
+            caller: CallerInput {
+                kind: "jwt",
+                key_id: Some("u1"),
+                team: Some("t"),
+                project: None,
+                scopes: &scopes,
+                metadata: &metadata,
+                claims: Some(&claims),
+            },
+            user: Some("alice"),
+            run_id: "run",
+            tags: &tags,
+            locale: Some("de"),
+            policy: "standard",
+            model: "best",
+            is_tier: true,
+            params: ParamsInput {
+                stream: true,
+                max_tokens: Some(10),
+                temperature: Some(0.5),
+                messages: 1,
+                input_chars: 2,
+                tools: vec!["f".into()],
+            },
+            messages: Some(vec![("user".into(), "hi".into())]),
+            now_unix: 1_795_336_805,
+            usage: Some(json!({"key": {"requests_per_minute": {"used": 1}}})),
+        });
+        assert_eq!(
+            built,
+            json!({
+                "version": 1,
+                "request": {"id": "r1", "method": "POST", "path": "/v1/messages", "endpoint": "messages",
+                            "api": "anthropic", "headers": {"user-agent": "sdk"}},
+                "caller": {"kind": "jwt", "key_id": "u1", "team": "t", "project": null, "scopes": ["chat"],
+                           "metadata": {"region": "eu"}, "claims": {"sub": "u1", "groups": ["x"]}},
+                "directives": {"user": "alice", "run_id": "run", "tags": ["a"], "policy": "standard",
+                               "locale": "de", "plan": null, "region": "eu"},
+                "model": {"requested": "best", "is_tier": true},
+                "params": {"stream": true, "max_tokens": 10, "temperature": 0.5, "messages": 1,
+                           "input_chars": 2, "tools": ["f"]},
+                "time": {"unix": 1_795_336_805_u64, "rfc3339": "2026-11-22T08:40:05Z", "date": "2026-11-22",
+                         "weekday": 7, "hour": 8, "minute": 40},
+                "usage": {"key": {"requests_per_minute": {"used": 1}}},
+                "messages": [{"role": "user", "text": "hi"}],
+            })
+        );
     }
 
     #[test]

@@ -352,15 +352,16 @@ fn bundle_ships_compiled_policies_and_refuses_what_the_vm_cannot_run() {
         .unwrap();
     let mut policies_set = gateway.policies.unwrap().into_inner();
     assert!(policies_set.interpreted().is_empty());
-    let input = weir::policy::build_input(&weir::policy::InputParts {
+    let parts = weir::policy::InputParts {
         caller: weir::policy::CallerInput {
             kind: "api_key",
-            team: Some("t".into()),
+            team: Some("t"),
             ..Default::default()
         },
         model: "best",
         ..Default::default()
-    });
+    };
+    let input = weir::policy::input_value(&parts, None);
     let d = policies_set.evaluate("p", input).unwrap();
     assert_eq!(d.denial().unwrap().reason, "no best");
     assert_eq!(d.max_tokens, Some(64));

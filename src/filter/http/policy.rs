@@ -160,23 +160,23 @@ impl WeirHttp {
             Some(Caller::Key(i)) => match gateway.keys.get(*i) {
                 Some(k) => CallerInput {
                     kind: "api_key",
-                    key_id: Some(k.id.clone()),
-                    team: Some(k.team.clone()),
-                    project: k.project.clone(),
-                    scopes: k.scopes.as_strings().to_vec(),
-                    metadata: k.metadata.clone(),
+                    key_id: Some(&k.id),
+                    team: Some(&k.team),
+                    project: k.project.as_deref(),
+                    scopes: k.scopes.as_strings(),
+                    metadata: &k.metadata,
                     claims: None,
                 },
                 None => CallerInput::default(),
             },
             Some(Caller::Jwt(j)) => CallerInput {
                 kind: "jwt",
-                key_id: Some(j.id.clone()),
-                team: Some(j.team.clone()),
-                project: j.project.clone(),
-                scopes: j.scopes.as_strings().to_vec(),
-                metadata: Default::default(),
-                claims: Some(j.claims.clone()),
+                key_id: Some(&j.id),
+                team: Some(&j.team),
+                project: j.project.as_deref(),
+                scopes: j.scopes.as_strings(),
+                claims: Some(&j.claims),
+                ..Default::default()
             },
             None => CallerInput::default(),
         };
@@ -219,7 +219,7 @@ impl WeirHttp {
                 usage_snapshot(&SharedData, &subjects, now_unix)
             });
         let run_id = self.run_id().to_string();
-        let input = build_input_with(
+        let input = input_value(
             &InputParts {
                 request_id: &self.record.request_id,
                 method: &self.record.method,
