@@ -213,7 +213,22 @@ pub struct PolicySet {
     engine: Option<Engine>,
     policies: HashMap<String, Prepared>,
     pub default: Option<String>,
+    /// Input parts that repeat from request to request; they live as long as the set,
+    /// that is, until the configuration (keys included) is replaced.
+    repeated: RepeatedInput,
 }
+
+/// Parts of the input built once and shared (a reference count, not a copy) by the
+/// requests that need them again: the caller object of each key, and the current second.
+#[derive(Default)]
+struct RepeatedInput {
+    callers: HashMap<String, Value>,
+    time: Option<(u64, Value)>,
+}
+
+/// At most this many keys' caller objects are kept (then the cache starts over), so
+/// memory stays bounded whatever the number of keys.
+const CACHED_CALLERS: usize = 1024;
 
 /// A runaway guard, far above what a policy over a full request needs.
 const VM_MAX_INSTRUCTIONS: usize = 5_000_000;
@@ -375,6 +390,7 @@ impl PolicySet {
             engine: Some(engine),
             policies,
             default: default.map(str::to_string),
+            repeated: RepeatedInput::default(),
         })
     }
 
@@ -422,6 +438,7 @@ impl PolicySet {
             engine: None,
             policies,
             default: default.map(str::to_string),
+            repeated: RepeatedInput::default(),
         };
         if let Some(d) = default {
             if !set.contains(d) {
@@ -499,6 +516,16 @@ impl PolicySet {
     /// for it is built with only these: the rest is never read, so never built.
     pub fn input_fields(&self, name: &str) -> Option<&[String]> {
         self.policies.get(name)?.input_fields.as_deref()
+    }
+
+    /// The input document for policy `name` (only the fields it reads), reusing the
+    /// parts earlier requests built.
+    pub fn input(&mut self, name: &str, parts: &InputParts<'_>) -> Value {
+        let fields = self
+            .policies
+            .get(name)
+            .and_then(|p| p.input_fields.as_deref());
+        input_value_reusing(parts, fields, Some(&mut self.repeated))
     }
 
     /// Evaluates policy `name` on `input`: on the VM, or (on the host) the interpreter
@@ -753,6 +780,14 @@ pub fn build_input(p: &InputParts<'_>) -> serde_json::Value {
 /// The input document with only the top-level `fields` (`None`: all of them), built
 /// straight as Rego values: no JSON in between, which costs as much again per request.
 pub fn input_value(p: &InputParts<'_>, fields: Option<&[String]>) -> Value {
+    input_value_reusing(p, fields, None)
+}
+
+fn input_value_reusing(
+    p: &InputParts<'_>,
+    fields: Option<&[String]>,
+    mut repeated: Option<&mut RepeatedInput>,
+) -> Value {
     let wants = |f: &str| fields.is_none_or(|fs| fs.iter().any(|x| x == f));
     let mut input = vec![("version", Value::from(INPUT_VERSION))];
     if wants("request") {
@@ -773,7 +808,22 @@ pub fn input_value(p: &InputParts<'_>, fields: Option<&[String]>) -> Value {
         ));
     }
     if wants("caller") {
-        input.push(("caller", caller_value(&p.caller)));
+        let caller = match (repeated.as_deref_mut(), p.caller.key_id) {
+            // A key's caller object depends on the key alone (a token's carries its claims).
+            (Some(r), Some(id)) if p.caller.kind == "api_key" => match r.callers.get(id) {
+                Some(v) => v.clone(),
+                None => {
+                    if r.callers.len() >= CACHED_CALLERS {
+                        r.callers.clear();
+                    }
+                    let v = caller_value(&p.caller);
+                    r.callers.insert(id.to_string(), v.clone());
+                    v
+                }
+            },
+            _ => caller_value(&p.caller),
+        };
+        input.push(("caller", caller));
     }
     if wants("directives") {
         let meta = |k: &str| optional(p.caller.metadata.get(k).map(String::as_str));
@@ -817,7 +867,18 @@ pub fn input_value(p: &InputParts<'_>, fields: Option<&[String]>) -> Value {
         ));
     }
     if wants("time") {
-        input.push(("time", time_value(p.now_unix)));
+        let time = match repeated {
+            Some(r) => match &r.time {
+                Some((unix, v)) if *unix == p.now_unix => v.clone(),
+                _ => r
+                    .time
+                    .insert((p.now_unix, time_value(p.now_unix)))
+                    .1
+                    .clone(),
+            },
+            None => time_value(p.now_unix),
+        };
+        input.push(("time", time));
     }
     if let Some(usage) = p.usage.as_ref().filter(|_| wants("usage")) {
         input.push(("usage", Value::from(usage.clone())));
@@ -846,10 +907,7 @@ fn caller_value(c: &CallerInput<'_>) -> Value {
         ("team", optional(c.team)),
         ("project", optional(c.project)),
         ("scopes", strings(c.scopes)),
-        (
-            "metadata",
-            map(metadata.collect()),
-        ),
+        ("metadata", map(metadata.collect())),
         (
             "claims",
             c.claims.map_or(Value::Null, |j| Value::from(j.clone())),
@@ -859,7 +917,10 @@ fn caller_value(c: &CallerInput<'_>) -> Value {
 
 // Plain functions over Vecs, not generics, keep the module small (one copy each).
 fn object(fields: Vec<(&str, Value)>) -> Value {
-    map(fields.into_iter().map(|(k, v)| (Value::from(k), v)).collect())
+    map(fields
+        .into_iter()
+        .map(|(k, v)| (Value::from(k), v))
+        .collect())
 }
 
 fn map(pairs: Vec<(Value, Value)>) -> Value {
@@ -1292,6 +1353,61 @@ tags contains "reviewed"
         assert_eq!(built["caller"], build_input(&i)["caller"]);
         let all = build_input(&i);
         assert_eq!(all.as_object().unwrap().len(), 9);
+    }
+
+    #[test]
+    fn reused_input_parts_are_the_parts_built_afresh() {
+        let (modules, data) = samples();
+        let mut set = PolicySet::compile(&modules, &data, None).unwrap();
+        fn parts<'a>(id: &'a str, meta: &'a BTreeMap<String, String>, now: u64) -> InputParts<'a> {
+            InputParts {
+                caller: CallerInput {
+                    kind: "api_key",
+                    key_id: Some(id),
+                    team: Some("t"),
+                    metadata: meta,
+                    ..Default::default()
+                },
+                model: "best",
+                now_unix: now,
+                ..Default::default()
+            }
+        }
+        let metadata = |plan: &str| BTreeMap::from([("plan".to_string(), plan.to_string())]);
+        let (gold, free) = (&metadata("gold"), &metadata("free"));
+        for (id, meta, now) in [
+            ("a", gold, 100),
+            ("b", free, 100),
+            ("a", gold, 100),
+            ("a", gold, 101),
+            ("b", free, 160),
+        ] {
+            let p = parts(id, meta, now);
+            let fields = set.input_fields("standard").map(<[String]>::to_vec);
+            assert_eq!(
+                set.input("standard", &p),
+                input_value(&p, fields.as_deref()),
+                "{id} {now}"
+            );
+            // A token's caller carries its claims: never reused.
+            let claims = json!({"sub": id});
+            let mut jwt = p.clone();
+            jwt.caller.kind = "jwt";
+            jwt.caller.claims = Some(&claims);
+            assert_eq!(
+                set.input("standard", &jwt),
+                input_value(&jwt, fields.as_deref())
+            );
+        }
+        assert_eq!(set.repeated.callers.len(), 2);
+        // Bounded, whatever the number of keys.
+        let ids: Vec<String> = (0..CACHED_CALLERS + 10).map(|i| format!("k{i}")).collect();
+        for id in &ids {
+            let mut p = parts("x", gold, 100);
+            p.caller.key_id = Some(id);
+            set.input("standard", &p);
+        }
+        assert!(set.repeated.callers.len() <= CACHED_CALLERS);
     }
 
     #[test]

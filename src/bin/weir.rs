@@ -543,7 +543,8 @@ fn policy(command: PolicyCommand) -> Result<(), String> {
             let started = std::time::Instant::now();
             let mut decision = Err(String::new());
             for _ in 0..repeat.max(1) {
-                decision = set.evaluate(&policy, weir::policy::input_value(&parts, None));
+                let input = set.input(&policy, &parts);
+                decision = set.evaluate(&policy, input);
             }
             let decision = decision?;
             if repeat > 1 {

@@ -31,7 +31,7 @@ use crate::limits::{
 };
 use crate::metrics::name as metric;
 use crate::models;
-use crate::policy::{input_value, CallerInput, Decision, InputParts, ParamsInput};
+use crate::policy::{CallerInput, Decision, InputParts, ParamsInput};
 use crate::providers::{openai, ResponseMeter};
 use crate::routing::{
     failover_header, failover_target, printable, route, Failover, FAILOVER_HEADER,

@@ -219,31 +219,31 @@ impl WeirHttp {
                 usage_snapshot(&SharedData, &subjects, now_unix)
             });
         let run_id = self.run_id().to_string();
-        let input = input_value(
-            &InputParts {
-                request_id: &self.record.request_id,
-                method: &self.record.method,
-                path: &self.record.path,
-                endpoint: self.record.endpoint.unwrap_or(""),
-                api: self.api.as_str(),
-                headers,
-                caller,
-                user: self.directives.user.as_deref(),
-                run_id: &run_id,
-                tags: &self.record.tags,
-                locale: locale.as_deref(),
-                policy: name,
-                model: &request.model,
-                is_tier: gateway.tiers.contains_key(&request.model),
-                params: ParamsInput::new(request.stream, &essentials),
-                messages: essentials.messages,
-                now_unix,
-                usage: usage_now,
-            },
-            fields,
-        );
+        let parts = InputParts {
+            request_id: &self.record.request_id,
+            method: &self.record.method,
+            path: &self.record.path,
+            endpoint: self.record.endpoint.unwrap_or(""),
+            api: self.api.as_str(),
+            headers,
+            caller,
+            user: self.directives.user.as_deref(),
+            run_id: &run_id,
+            tags: &self.record.tags,
+            locale: locale.as_deref(),
+            policy: name,
+            model: &request.model,
+            is_tier: gateway.tiers.contains_key(&request.model),
+            params: ParamsInput::new(request.stream, &essentials),
+            messages: essentials.messages,
+            now_unix,
+            usage: usage_now,
+        };
         drop(set);
-        let result = policies.borrow_mut().evaluate(name, input);
+        let mut set = policies.borrow_mut();
+        let input = set.input(name, &parts);
+        let result = set.evaluate(name, input);
+        drop(set);
         let micros = host::now()
             .duration_since(now)
             .map(|d| d.as_micros() as u64)
