@@ -179,6 +179,21 @@ def test_x_api_key_form_is_accepted(weir, rid):
 # -- tiers and clusters ----------------------------------------------------------------------------
 
 
+def test_without_a_request_id_envoys_names_the_request_everywhere(weir):
+    # No x-weir-request-id: the id is Envoy's x-request-id (client-sent here, so the test
+    # knows it), in the response, the provider's request and the one audit record; also
+    # for a request Weir refuses before it reads the body.
+    for envoy_id, key, status in [("envoy-rid-ok-" + str(time.time_ns()), DEMO_KEY, 200),
+                                  ("envoy-rid-401-" + str(time.time_ns()), "wk_live_nope", 401)]:
+        response = httpx.post(weir.url + "/v1/chat/completions", json={"model": "fast", "messages": MESSAGES},
+                              headers={"authorization": f"Bearer {key}", "x-request-id": envoy_id}, timeout=30)
+        assert response.status_code == status, response.text
+        assert response.headers["x-weir-request-id"] == envoy_id
+        record = weir.audit(envoy_id)
+        assert record["status"] == status
+        assert len(weir.received(envoy_id)) == (1 if status == 200 else 0)
+
+
 def test_unknown_tier_is_404_and_not_forwarded(weir, rid):
     response = post_chat(weir, rid, {"model": "gpt-9-ultra", "messages": MESSAGES}, {"authorization": f"Bearer {DEMO_KEY}"})
     error = assert_openai_error(response, 404, "model_not_found")

@@ -380,7 +380,7 @@ impl WeirHttp {
                     id
                 }
                 None => {
-                    self.record.request_id = envoy_request_id();
+                    self.record.request_id = self.envoy_request_id();
                     return Err(self.reject(GatewayError::new(
                         ErrorKind::BadRequest,
                         "The x-weir-request-id header must be 1 to 128 characters of letters, \
@@ -388,7 +388,7 @@ impl WeirHttp {
                     )));
                 }
             },
-            None => envoy_request_id(),
+            None => self.envoy_request_id(),
         };
         self.header_directives()?;
         self.new_run = self
@@ -510,6 +510,17 @@ impl WeirHttp {
             .map_err(|s| self.internal("removing content-length", s))?;
         self.phase = Phase::AwaitingBody;
         Ok(Action::Pause)
+    }
+}
+
+impl WeirHttp {
+    /// Envoy's request id: the `x-request-id` header it sets before any filter runs,
+    /// already in the snapshot (the property is the same value, for one more host call).
+    fn envoy_request_id(&self) -> String {
+        match self.headers.get_str("x-request-id") {
+            Some(id) => id.to_string(),
+            None => envoy_request_id(),
+        }
     }
 }
 
