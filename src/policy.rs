@@ -316,13 +316,11 @@ impl PolicySet {
         data: &serde_json::Value,
         default: Option<&str>,
     ) -> Result<PolicySet, String> {
-        let mut names = Vec::new();
         let data = data_value(data);
         // The interpreter runs the source as written: it is the reference.
-        let mut engine = new_engine(
+        let (mut engine, names) = new_engine(
             modules.iter().map(|m| (m.path.as_str(), m.text.as_str())),
             &data,
-            &mut names,
         )?;
         // The VM gets the same source with imports spelled out (see `rego_text`), and
         // the source as written if that does not compile or decide the same.
@@ -332,11 +330,7 @@ impl PolicySet {
             .collect();
         let mut fast_engine = if inlined.iter().zip(modules).any(|(t, m)| *t != m.text) {
             let texts = modules.iter().zip(&inlined);
-            Some(new_engine(
-                texts.map(|(m, t)| (m.path.as_str(), t.as_str())),
-                &data,
-                &mut Vec::new(),
-            )?)
+            Some(new_engine(texts.map(|(m, t)| (m.path.as_str(), t.as_str())), &data)?.0)
         } else {
             None
         };
@@ -357,7 +351,8 @@ impl PolicySet {
             let needs = engine
                 .eval_rule(format!("data.weir.eval.{name}.needs_messages"))
                 .map_err(|e| format!("policy {name}: {e}"))?;
-            // Decided once now, so the first request does not pay for preparing the VM.
+            // The interpreter's decisions on the probe inputs, which the VM must match
+            // (running the VM on them also warms it before the first request).
             let mut references = Vec::new();
             for input in probe_inputs() {
                 let decision = interpret_on(&mut engine, name, input.clone())
@@ -586,16 +581,15 @@ fn interpret_on(engine: &mut Engine, name: &str, input: Value) -> Result<Decisio
     decision_of(&value)
 }
 
-/// An engine with `modules` (path, text), the wrapper of each policy among them (whose
-/// names go to `names`) and `data`.
+/// An engine with `modules` (path, text), the wrapper of each policy among them and
+/// `data`; and the names of those policies.
 #[cfg(not(target_arch = "wasm32"))]
 fn new_engine<'a>(
     modules: impl Iterator<Item = (&'a str, &'a str)>,
     data: &Value,
-    names: &mut Vec<String>,
-) -> Result<Engine, String> {
+) -> Result<(Engine, Vec<String>), String> {
     let mut engine = Engine::new();
-    let mut ours = Vec::new();
+    let mut names = Vec::new();
     for (path, text) in modules {
         let package = engine
             .add_policy(path.to_string(), text.to_string())
@@ -606,12 +600,12 @@ fn new_engine<'a>(
                     "{path}: policy package {package}: the name must be lower-case letters, digits and _"
                 ));
             }
-            if !ours.iter().any(|n| n == name) {
-                ours.push(name.to_string());
+            if !names.iter().any(|n| n == name) {
+                names.push(name.to_string());
             }
         }
     }
-    for name in &ours {
+    for name in &names {
         engine
             .add_policy(format!("weir-generated/{name}.rego"), wrapper(name))
             .map_err(|e| format!("policy {name}: {e}"))?;
@@ -619,8 +613,7 @@ fn new_engine<'a>(
     engine
         .add_data(data.clone())
         .map_err(|e| format!("policy data: {e}"))?;
-    *names = ours;
-    Ok(engine)
+    Ok((engine, names))
 }
 
 /// Policy `name` compiled for the VM from `engine`'s source, if it compiles and decides
@@ -1200,10 +1193,9 @@ tags contains "reviewed"
         for name in ["standard", "dlp"] {
             assert_eq!(lookups(&set, name), 0, "{name}");
         }
-        let mut engine = new_engine(
+        let (mut engine, _) = new_engine(
             modules.iter().map(|m| (m.path.as_str(), m.text.as_str())),
             &data_value(&data),
-            &mut Vec::new(),
         )
         .unwrap();
         let as_written = compile_program(&mut engine, "standard").unwrap();

@@ -511,9 +511,7 @@ impl WeirHttp {
         self.phase = Phase::AwaitingBody;
         Ok(Action::Pause)
     }
-}
 
-impl WeirHttp {
     /// Envoy's request id: the `x-request-id` header it sets before any filter runs,
     /// already in the snapshot (the property is the same value, for one more host call).
     fn envoy_request_id(&self) -> String {
