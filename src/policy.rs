@@ -269,22 +269,21 @@ fn wrapper(name: &str) -> String {
     let p = format!("data.weir.policy.{name}");
     // `tier` and `max_tokens` as lists of zero or one value: `else := null` is not
     // compiled faithfully by regorus's VM, and an undefined rule must read as "none".
+    // One rule with the comprehensions inline: each rule call costs the VM a copy of the
+    // rule's metadata (four fewer calls: ~20% of `standard`'s time natively).
     format!(
         r#"package weir.eval.{name}
-
-deny := [d | some d in {p}.deny]
-
-tier := [t | t := {p}.tier]
-
-max_tokens := [m | m := {p}.max_tokens]
-
-tags := [t | some t in {p}.tags]
 
 needs_messages := n if {{
 	n := {p}.needs_messages == true
 }} else := false
 
-result := {{"deny": deny, "tier": tier, "max_tokens": max_tokens, "tags": tags}}
+result := {{
+	"deny": [d | some d in {p}.deny],
+	"tier": [t | t := {p}.tier],
+	"max_tokens": [m | m := {p}.max_tokens],
+	"tags": [t | some t in {p}.tags],
+}}
 "#
     )
 }
