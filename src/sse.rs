@@ -54,7 +54,7 @@ impl SseParser {
                 rest = &rest[1..];
             }
         }
-        while let Some(pos) = rest.iter().position(|b| *b == b'\n' || *b == b'\r') {
+        while let Some(pos) = memchr::memchr2(b'\n', b'\r', rest) {
             let terminator = rest[pos];
             let crlf = terminator == b'\r' && rest.get(pos + 1) == Some(&b'\n');
             let after = pos + 1 + usize::from(crlf);
@@ -98,7 +98,7 @@ impl SseParser {
         if self.oversized || line[0] == b':' {
             return;
         }
-        let (field, value) = match line.iter().position(|b| *b == b':') {
+        let (field, value) = match memchr::memchr(b':', line) {
             Some(i) => {
                 let v = &line[i + 1..];
                 (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
