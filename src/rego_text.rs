@@ -159,6 +159,10 @@ pub fn inline_imports(text: &str) -> String {
     let in_import = |j: usize| imports.iter().any(|m| (m.first..=m.last).contains(&j));
     let mut edits: Vec<(usize, usize, &str)> = Vec::new();
     for import in &imports {
+        // Two imports binding one name is an error Rego reports; leave that source alone.
+        if imports.iter().filter(|m| m.alias == import.alias).count() > 1 {
+            continue;
+        }
         let mut uses = Vec::new();
         let mut only_as_prefix = true;
         for (j, t) in toks.iter().enumerate() {
@@ -180,6 +184,9 @@ pub fn inline_imports(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut copied = 0;
     for (start, end, path) in edits {
+        if start < copied {
+            continue; // never two edits of one token (see above); never a panic either
+        }
         out.push_str(&text[copied..start]);
         out.push_str(path);
         copied = end;
@@ -249,6 +256,9 @@ mod tests {
             "import data\nx := data.a\n",
             // Not data.
             "import input.request as r\nx := r.id\n",
+            // One name bound twice.
+            "import data.a.lib\nimport data.b.lib\nx := lib.c\n",
+            "import data.a as l\nimport data.b as l\nx := l.c\n",
             "import rego.v1\nx := v1.a\n",
         ] {
             assert_eq!(inline_imports(text), text, "{text}");
