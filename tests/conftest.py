@@ -42,7 +42,11 @@ class Running:
         if not self.stack.audit_log.exists():
             return []
         records = []
-        for line in self.stack.audit_log.read_text().splitlines():
+        text = self.stack.audit_log.read_text()
+        # Envoy may be writing while we read: a last line without its newline is not
+        # finished yet (it is read complete next time), every other line must be a record.
+        lines = text.split("\n")[:-1]
+        for line in lines:
             records.append(json.loads(line))  # every line must be a JSON record
         return records
 
