@@ -74,15 +74,6 @@ impl Decision {
     }
 }
 
-#[derive(Deserialize)]
-struct RawResult {
-    deny: Vec<serde_json::Value>,
-    /// Zero or one value each (see `wrapper`).
-    tier: Vec<serde_json::Value>,
-    max_tokens: Vec<serde_json::Value>,
-    tags: Vec<serde_json::Value>,
-}
-
 /// A Rego value as JSON, leaving out what is undefined (the VM can leave an undefined
 /// value where the interpreter leaves nothing).
 fn to_json(v: &Value) -> Option<serde_json::Value> {
@@ -105,29 +96,47 @@ fn to_json(v: &Value) -> Option<serde_json::Value> {
     })
 }
 
+/// The wrapper's `result` read straight from the VM's value (no JSON in between, as this
+/// runs on every request). Undefined values count as absent; numbers are read as their JSON
+/// form reads (`429.0` is 429, `2.5` is no integer).
 fn decision_of(value: &Value) -> Result<Decision, String> {
-    let json = to_json(value).unwrap_or_default();
-    let raw: RawResult =
-        serde_json::from_value(json).map_err(|e| format!("unexpected policy result: {e}"))?;
-    parse_decision(raw)
-}
-
-fn parse_decision(raw: RawResult) -> Result<Decision, String> {
+    let field = |name: &str| -> Result<Vec<&Value>, String> {
+        let items = match value {
+            Value::Object(fields) => match fields.get(&Value::from(name)) {
+                Some(Value::Array(items)) => items.iter().collect::<Vec<_>>(),
+                Some(Value::Set(items)) => items.iter().collect(),
+                Some(Value::Undefined) | None => {
+                    return Err(format!("unexpected policy result: missing field `{name}`"))
+                }
+                Some(other) => {
+                    return Err(format!(
+                        "unexpected policy result: `{name}` is {}, not a list",
+                        shown(other)
+                    ))
+                }
+            },
+            other => return Err(format!("unexpected policy result: {}", shown(other))),
+        };
+        Ok(items
+            .into_iter()
+            .filter(|v| !matches!(v, Value::Undefined))
+            .collect())
+    };
     let mut deny = Vec::new();
-    for d in raw.deny {
+    for d in field("deny")? {
         deny.push(match d {
-            serde_json::Value::String(reason) => Denial {
-                reason,
+            Value::String(reason) => Denial {
+                reason: reason.to_string(),
                 status: 403,
                 retry_after: None,
             },
-            serde_json::Value::Object(o) => {
-                let reason = o
-                    .get("reason")
-                    .and_then(|r| r.as_str())
-                    .unwrap_or("denied by policy")
-                    .to_string();
-                let status = match o.get("status").and_then(|s| s.as_u64()) {
+            Value::Object(o) => {
+                let get = |k: &str| o.get(&Value::from(k));
+                let reason = match get("reason") {
+                    Some(Value::String(r)) => r.to_string(),
+                    _ => "denied by policy".to_string(),
+                };
+                let status = match get("status").and_then(as_u64) {
                     None => 403,
                     Some(s @ (402 | 403 | 429)) => s as u32,
                     Some(s) => {
@@ -136,40 +145,42 @@ fn parse_decision(raw: RawResult) -> Result<Decision, String> {
                         ))
                     }
                 };
-                let retry_after = o.get("retry_after").and_then(|r| r.as_u64());
                 Denial {
                     reason,
                     status,
-                    retry_after,
+                    retry_after: get("retry_after").and_then(as_u64),
                 }
             }
-            other => return Err(format!("deny must hold strings or objects, not {other}")),
+            other => {
+                return Err(format!(
+                    "deny must hold strings or objects, not {}",
+                    shown(other)
+                ))
+            }
         });
     }
     deny.sort_by(|a, b| a.reason.cmp(&b.reason));
-    if raw.tier.len() > 1 || raw.max_tokens.len() > 1 {
+    let (tier, max_tokens) = (field("tier")?, field("max_tokens")?);
+    if tier.len() > 1 || max_tokens.len() > 1 {
         return Err("tier and max_tokens must each have one value".into());
     }
-    let tier = match raw.tier.into_iter().next() {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(t)) => Some(t),
-        Some(other) => return Err(format!("tier must be a string, not {other}")),
+    let tier = match tier.first() {
+        None | Some(Value::Null) => None,
+        Some(Value::String(t)) => Some(t.to_string()),
+        Some(other) => return Err(format!("tier must be a string, not {}", shown(other))),
     };
-    let max_tokens = match raw.max_tokens.into_iter().next() {
-        None | Some(serde_json::Value::Null) => None,
-        Some(v) => Some(
-            v.as_u64()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| format!("max_tokens must be a positive integer, not {v}"))?,
-        ),
-    };
-    let tags = raw
-        .tags
+    let max_tokens =
+        match max_tokens.first() {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(as_u64(v).filter(|n| *n > 0).ok_or_else(|| {
+                format!("max_tokens must be a positive integer, not {}", shown(v))
+            })?),
+        };
+    let tags = field("tags")?
         .into_iter()
-        .map(|t| {
-            t.as_str()
-                .map(str::to_string)
-                .ok_or_else(|| format!("tags must be strings, not {t}"))
+        .map(|t| match t {
+            Value::String(s) => Ok(s.to_string()),
+            other => Err(format!("tags must be strings, not {}", shown(other))),
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Decision {
@@ -178,6 +189,19 @@ fn parse_decision(raw: RawResult) -> Result<Decision, String> {
         max_tokens,
         tags,
     })
+}
+
+/// A number as JSON reads it: a non-negative integer, else `None`.
+fn as_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(_) => serde_json::to_value(v).ok()?.as_u64(),
+        _ => None,
+    }
+}
+
+/// A value in an error message.
+fn shown(v: &Value) -> String {
+    to_json(v).map_or_else(|| "undefined".to_string(), |j| j.to_string())
 }
 
 /// A policy as `weir bundle` compiles it and the filter receives it.
@@ -1153,6 +1177,85 @@ tags contains "reviewed"
                 .reason,
             "card"
         );
+    }
+
+    #[test]
+    fn decisions_are_read_from_the_vm_value() {
+        let of = |j: serde_json::Value| decision_of(&Value::from(j));
+        let d = of(json!({
+            "deny": ["b reason", {"reason": "a reason", "status": 429, "retry_after": 30},
+                     {"status": 429.0}, {"reason": 5}],
+            "tier": ["fast"], "max_tokens": [256], "tags": ["x", "y"],
+        }))
+        .unwrap();
+        let got: Vec<(&str, u32, Option<u64>)> = d
+            .deny
+            .iter()
+            .map(|d| (d.reason.as_str(), d.status, d.retry_after))
+            .collect();
+        // Sorted by reason; Rego numbers are numbers (`429.0` is 429).
+        assert_eq!(
+            got,
+            [
+                ("a reason", 429, Some(30)),
+                ("b reason", 403, None),
+                ("denied by policy", 429, None),
+                ("denied by policy", 403, None),
+            ]
+        );
+        assert_eq!((d.tier.as_deref(), d.max_tokens), (Some("fast"), Some(256)));
+        assert_eq!(d.tags, ["x", "y"]);
+        let allow = of(json!({"deny": [], "tier": [null], "max_tokens": [], "tags": []})).unwrap();
+        assert_eq!(allow, Decision::default());
+        // An undefined entry counts as absent.
+        let mut with_undefined =
+            Value::from(json!({"deny": [], "tier": [], "max_tokens": [], "tags": []}));
+        if let Value::Object(o) = &mut with_undefined {
+            Rc::make_mut(o).insert(Value::from("tier"), Value::from(vec![Value::Undefined]));
+        }
+        assert_eq!(decision_of(&with_undefined).unwrap(), Decision::default());
+        for (bad, says) in [
+            (
+                json!({"deny": [{"status": 500}], "tier": [], "max_tokens": [], "tags": []}),
+                "500",
+            ),
+            (
+                json!({"deny": [1], "tier": [], "max_tokens": [], "tags": []}),
+                "strings or objects",
+            ),
+            (
+                json!({"deny": [], "tier": [1], "max_tokens": [], "tags": []}),
+                "tier must be a string",
+            ),
+            (
+                json!({"deny": [], "tier": ["a", "b"], "max_tokens": [], "tags": []}),
+                "one value",
+            ),
+            (
+                json!({"deny": [], "tier": [], "max_tokens": [0], "tags": []}),
+                "positive integer",
+            ),
+            (
+                json!({"deny": [], "tier": [], "max_tokens": [2.5], "tags": []}),
+                "positive integer",
+            ),
+            (
+                json!({"deny": [], "tier": [], "max_tokens": [], "tags": [true]}),
+                "tags must be strings",
+            ),
+            (
+                json!({"deny": [], "tier": [], "max_tokens": []}),
+                "missing field `tags`",
+            ),
+            (
+                json!({"deny": "x", "tier": [], "max_tokens": [], "tags": []}),
+                "not a list",
+            ),
+            (json!(["not", "an", "object"]), "unexpected policy result"),
+        ] {
+            let e = of(bad.clone()).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]
