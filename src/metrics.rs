@@ -16,34 +16,43 @@ pub const LABELS: [&str; 8] = [
 
 /// A label value that cannot break the encoding: no `;` or `=`, printable, bounded.
 pub fn label_value(value: &str) -> String {
-    let v: String = value
-        .chars()
-        .take(128)
-        .map(|c| {
-            if c.is_ascii_graphic() && c != ';' && c != '=' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if v.is_empty() {
-        "none".to_string()
-    } else {
-        v
+    let mut out = String::new();
+    push_label_value(&mut out, value);
+    out
+}
+
+fn push_label_value(out: &mut String, value: &str) {
+    let start = out.len();
+    for c in value.chars().take(128) {
+        out.push(if c.is_ascii_graphic() && c != ';' && c != '=' {
+            c
+        } else {
+            '_'
+        });
+    }
+    if out.len() == start {
+        out.push_str("none");
     }
 }
 
 /// `name;label=value;...` with sanitised values.
 pub fn name(base: &str, labels: &[(&str, &str)]) -> String {
-    let mut out = String::from(base);
+    let mut out = String::new();
+    write_name(&mut out, base, labels);
+    out
+}
+
+/// [`name`] into a buffer the caller keeps: the filter formats several names per request
+/// and reuses one buffer rather than allocating each.
+pub fn write_name(out: &mut String, base: &str, labels: &[(&str, &str)]) {
+    out.clear();
+    out.push_str(base);
     for (label, value) in labels {
         out.push(';');
         out.push_str(label);
         out.push('=');
-        out.push_str(&label_value(value));
+        push_label_value(out, value);
     }
-    out
 }
 
 #[cfg(test)]
@@ -65,5 +74,8 @@ mod tests {
         );
         assert_eq!(label_value(""), "none");
         assert_eq!(label_value("x y\n"), "x_y_");
+        let mut buffer = String::from("left over");
+        write_name(&mut buffer, "weir_ttfb_ms", &[("endpoint", "")]);
+        assert_eq!(buffer, "weir_ttfb_ms;endpoint=none");
     }
 }

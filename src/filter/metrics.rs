@@ -5,9 +5,13 @@ use std::collections::HashMap;
 
 use proxy_wasm::types::MetricType;
 
+use crate::metrics::write_name;
+
 thread_local! {
     // A VM is single-threaded; the cache lives as long as the VM.
     static DEFINED: RefCell<HashMap<String, u32>> = RefCell::new(HashMap::new());
+    // The name being looked up, reused: a request updates several metrics.
+    static NAME: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
 #[link(wasm_import_module = "env")]
@@ -22,36 +26,42 @@ extern "C" {
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
 }
 
-fn id(kind: MetricType, name: &str) -> Option<u32> {
-    DEFINED.with(|defined| {
-        if let Some(id) = defined.borrow().get(name) {
-            return Some(*id);
-        }
-        let mut id = 0;
-        // SAFETY: pointers are valid for the call; the host writes `id`.
-        let status =
-            unsafe { proxy_define_metric(kind as u32, name.as_ptr(), name.len(), &mut id) };
-        if status != 0 {
-            log::warn!("weir: defining metric {name} failed with host status {status}");
-            return None;
-        }
-        defined.borrow_mut().insert(name.to_string(), id);
-        Some(id)
+/// The id of `base;label=value;...`, defined on first use.
+fn id(kind: MetricType, base: &str, labels: &[(&str, &str)]) -> Option<u32> {
+    NAME.with(|name| {
+        let mut name = name.borrow_mut();
+        write_name(&mut name, base, labels);
+        DEFINED.with(|defined| {
+            if let Some(id) = defined.borrow().get(name.as_str()) {
+                return Some(*id);
+            }
+            let mut id = 0;
+            // SAFETY: pointers are valid for the call; the host writes `id`.
+            let status =
+                unsafe { proxy_define_metric(kind as u32, name.as_ptr(), name.len(), &mut id) };
+            if status != 0 {
+                log::warn!("weir: defining metric {name} failed with host status {status}");
+                return None;
+            }
+            defined.borrow_mut().insert(name.clone(), id);
+            Some(id)
+        })
     })
 }
 
-pub fn count(name: &str, by: u64) {
+/// Adds `by` to a counter (nothing, not even a lookup, when `by` is 0).
+pub fn count(base: &str, labels: &[(&str, &str)], by: u64) {
     if by == 0 {
         return;
     }
-    if let Some(id) = id(MetricType::Counter, name) {
+    if let Some(id) = id(MetricType::Counter, base, labels) {
         // SAFETY: plain values.
         unsafe { proxy_increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX)) };
     }
 }
 
-pub fn record(name: &str, value: u64) {
-    if let Some(id) = id(MetricType::Histogram, name) {
+pub fn record(base: &str, labels: &[(&str, &str)], value: u64) {
+    if let Some(id) = id(MetricType::Histogram, base, labels) {
         // SAFETY: plain values.
         unsafe { proxy_record_metric(id, value) };
     }

@@ -29,7 +29,6 @@ use crate::limits::{
     admit, first_use, run_call, run_usage, settle, subjects as limit_subjects, usage_snapshot,
     Admission, Estimate, FailMode, Headroom, LimitsConfig, Refusal,
 };
-use crate::metrics::name as metric;
 use crate::models;
 use crate::policy::{CallerInput, Decision, InputParts, ParamsInput};
 use crate::providers::{openai, ResponseMeter};

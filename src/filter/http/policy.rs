@@ -249,7 +249,7 @@ impl WeirHttp {
             .map(|d| d.as_micros() as u64)
             .unwrap_or(0);
         self.record.policy_us = Some(micros);
-        metrics::record(&metric("weir_policy_eval_us", &[("policy", name)]), micros);
+        metrics::record("weir_policy_eval_us", &[("policy", name)], micros);
         result.map_err(|e| {
             log::error!("weir: policy {name} failed: {e}");
             GatewayError::new(

@@ -190,15 +190,13 @@ impl WeirHttp {
         let tier = r.tier.as_deref().unwrap_or("none");
         let status = r.status.to_string();
         metrics::count(
-            &metric(
-                "weir_requests_total",
-                &[
-                    ("endpoint", endpoint),
-                    ("tier", tier),
-                    ("decision", r.decision),
-                    ("status", &status),
-                ],
-            ),
+            "weir_requests_total",
+            &[
+                ("endpoint", endpoint),
+                ("tier", tier),
+                ("decision", r.decision),
+                ("status", &status),
+            ],
             1,
         );
         // The configured model, never the provider's string: labels must stay bounded.
@@ -212,10 +210,8 @@ impl WeirHttp {
                 ("reasoning", u.reasoning_tokens),
             ] {
                 metrics::count(
-                    &metric(
-                        "weir_tokens_total",
-                        &[("direction", direction), ("model", model)],
-                    ),
+                    "weir_tokens_total",
+                    &[("direction", direction), ("model", model)],
                     n,
                 );
             }
@@ -223,24 +219,16 @@ impl WeirHttp {
         let team = r.team.as_deref().unwrap_or("none");
         if let Some(cost) = &r.cost {
             metrics::count(
-                &metric(
-                    "weir_cost_micros_total",
-                    &[("model", model), ("team", team)],
-                ),
+                "weir_cost_micros_total",
+                &[("model", model), ("team", team)],
                 cost.micros,
             );
         }
         if r.cost_status == Some("unpriced") {
-            metrics::count(
-                &metric("weir_unpriced_requests_total", &[("model", model)]),
-                1,
-            );
+            metrics::count("weir_unpriced_requests_total", &[("model", model)], 1);
         }
         if let Some(ttfb) = r.ttfb_ms {
-            metrics::record(
-                &metric("weir_ttfb_ms", &[("endpoint", endpoint)]),
-                ttfb as u64,
-            );
+            metrics::record("weir_ttfb_ms", &[("endpoint", endpoint)], ttfb as u64);
         }
     }
 }
