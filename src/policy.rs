@@ -365,11 +365,18 @@ impl PolicySet {
                 ));
             }
         }
-        // One list for the whole set: a policy may read input through any module it imports.
-        let input_fields =
-            crate::rego_text::referenced_input_fields(modules.iter().map(|m| m.text.as_str()));
+        let texts: Vec<&str> = modules.iter().map(|m| m.text.as_str()).collect();
         let mut policies = HashMap::new();
         for name in &names {
+            // The fields read by the modules the policy may use (all modules, if the
+            // scanner cannot tell which).
+            let package = format!("{POLICY_PREFIX}{name}");
+            let input_fields = match crate::rego_text::modules_used_by(&texts, &package) {
+                Some(used) => {
+                    crate::rego_text::referenced_input_fields(used.iter().map(|&i| texts[i]))
+                }
+                None => crate::rego_text::referenced_input_fields(texts.iter().copied()),
+            };
             engine.set_input(Value::from(json!({})));
             let needs = engine
                 .eval_rule(format!("data.weir.eval.{name}.needs_messages"))
@@ -397,7 +404,7 @@ impl PolicySet {
                 name.clone(),
                 Prepared {
                     needs_messages: needs == Value::from(true),
-                    input_fields: input_fields.clone(),
+                    input_fields,
                     vm,
                     program,
                     interpreted_because,
@@ -1422,11 +1429,17 @@ tags contains "reviewed"
             fields.as_deref(),
             Some(&["caller", "messages", "model", "time"].map(String::from)[..])
         );
-        // The set carries the list to the filter, and the input is built with those only.
+        // Each policy gets the list of the modules it uses (`standard` does not read the
+        // messages `dlp` does); the set carries it to the filter, and the input is built
+        // with those fields only.
         let (modules, data) = samples();
         let set = PolicySet::compile(&modules, &data, None).unwrap();
         let bundled = set.bundled().unwrap();
         let loaded = PolicySet::load(&bundled, &data, None).unwrap();
+        assert_eq!(
+            loaded.input_fields("dlp"),
+            Some(&["caller", "messages", "model", "time"].map(String::from)[..])
+        );
         let fields = loaded.input_fields("standard").unwrap();
         let mut i = InputParts {
             headers: vec![("user-agent".into(), "x".into())],
@@ -1443,7 +1456,7 @@ tags contains "reviewed"
             .map(String::as_str)
             .collect();
         keys.sort_unstable();
-        assert_eq!(keys, ["caller", "messages", "model", "time", "version"]);
+        assert_eq!(keys, ["caller", "model", "time", "version"]);
         assert_eq!(built["caller"], build_input(&i)["caller"]);
         let all = build_input(&i);
         assert_eq!(all.as_object().unwrap().len(), 9);

@@ -109,6 +109,92 @@ pub fn referenced_input_fields<'a>(texts: impl Iterator<Item = &'a str>) -> Opti
     Some(fields.into_iter().collect())
 }
 
+/// `data.a.b` for a module that starts with `package a.b`.
+fn package_of(toks: &[Token<'_>]) -> Option<String> {
+    if toks.first()?.text != "package" {
+        return None;
+    }
+    let mut path = String::from("data");
+    let mut i = 1;
+    while toks.get(i).is_some_and(Token::is_name) {
+        path.push('.');
+        path.push_str(toks[i].text);
+        if toks.get(i + 1).is_none_or(|t| t.text != ".") {
+            break;
+        }
+        i += 2;
+    }
+    (path != "data").then_some(path)
+}
+
+/// The `data.a.b` paths a module names (in imports or in code), each as far as it is
+/// spelled with dots; `None` when it uses `data` otherwise (`data[x]`, bare `data`),
+/// which could reach any package.
+fn data_paths(toks: &[Token<'_>]) -> Option<Vec<String>> {
+    let mut paths = Vec::new();
+    for (i, t) in toks.iter().enumerate() {
+        // `x.data` is a field of `x`, not the root document.
+        if t.text != "data" || (i > 0 && toks[i - 1].text == "." && toks[i - 1].end() == t.at) {
+            continue;
+        }
+        let mut path = String::from("data");
+        let mut j = i;
+        while toks.get(j + 1).is_some_and(|d| d.text == ".")
+            && toks.get(j + 2).is_some_and(Token::is_name)
+        {
+            path.push('.');
+            path.push_str(toks[j + 2].text);
+            j += 2;
+        }
+        if j == i {
+            return None;
+        }
+        paths.push(path);
+    }
+    Some(paths)
+}
+
+/// Whether a reference to `path` may reach rules of package `package`: one is the other
+/// or inside it.
+fn reaches(path: &str, package: &str) -> bool {
+    let inside = |a: &str, b: &str| a.strip_prefix(b).is_some_and(|rest| rest.starts_with('.'));
+    path == package || inside(path, package) || inside(package, path)
+}
+
+/// The indices of the modules whose rules package `package` (`data.a.b`) may use: its own
+/// modules and, transitively, every module whose package one of them names. `None` (all
+/// of them) when a module has no package line, uses `data` dynamically, or none is
+/// `package`'s own.
+pub fn modules_used_by(texts: &[&str], package: &str) -> Option<Vec<usize>> {
+    let mut packages = Vec::new();
+    let mut paths = Vec::new();
+    for text in texts {
+        let toks = tokens(text);
+        packages.push(package_of(&toks)?);
+        paths.push(data_paths(&toks)?);
+    }
+    let mut used: Vec<usize> = (0..texts.len())
+        .filter(|&i| packages[i] == package)
+        .collect();
+    if used.is_empty() {
+        return None;
+    }
+    let mut next = 0;
+    while next < used.len() {
+        let module = used[next];
+        next += 1;
+        for path in &paths[module] {
+            for (j, p) in packages.iter().enumerate() {
+                if !used.contains(&j) && reaches(path, p) {
+                    used.push(j);
+                }
+            }
+        }
+    }
+    used.sort_unstable();
+    Some(used)
+}
+
 /// One `import data.a.b [as c]`: tokens `first..=last`, the name it binds, its path.
 struct Import {
     first: usize,
@@ -198,6 +284,50 @@ pub fn inline_imports(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_modules_a_policy_uses_are_found() {
+        let lib = "package weir.lib.baseline\nimport data.weir.lib.util\ndeny contains 1 if data.plans[input.caller.team]";
+        let util = "package weir.lib.util\nf(x) := x";
+        let standard = "package weir.policy.standard\nimport data.weir.lib.baseline\ndeny contains m if some m in baseline.deny";
+        let dlp = "package weir.policy.dlp\ndeny contains 1 if input.messages";
+        let dlp_more = "package weir.policy.dlp\ndeny contains 2 if data.weir.lib.util.f(1)";
+        let texts = [lib, util, standard, dlp, dlp_more];
+        // Through the import, and on through the library's own import.
+        assert_eq!(
+            modules_used_by(&texts, "data.weir.policy.standard"),
+            Some(vec![0, 1, 2])
+        );
+        // Every module of the package, and a full path in code.
+        assert_eq!(
+            modules_used_by(&texts, "data.weir.policy.dlp"),
+            Some(vec![1, 3, 4])
+        );
+        // A path above a package reaches it; `x.data` is not the root document.
+        let parent = "package weir.policy.p\nx := data.weir.lib\ny := input.data.z";
+        assert_eq!(
+            modules_used_by(&[util, parent], "data.weir.policy.p"),
+            Some(vec![0, 1])
+        );
+        let own = "package weir.policy.p\ny := input.data.z";
+        assert_eq!(
+            modules_used_by(&[util, own], "data.weir.policy.p"),
+            Some(vec![1])
+        );
+        // Anything the scanner cannot follow means every module.
+        for other in [
+            "package weir.lib.x\ny := data[\"weir\"]",
+            "package weir.lib.x\ny := data",
+            "x := 1",
+        ] {
+            assert_eq!(
+                modules_used_by(&[own, other], "data.weir.policy.p"),
+                None,
+                "{other}"
+            );
+        }
+        assert_eq!(modules_used_by(&[util], "data.weir.policy.p"), None);
+    }
 
     #[test]
     fn the_input_fields_read_are_found() {

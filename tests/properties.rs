@@ -128,6 +128,11 @@ proptest! {
         // Policy sources are the operator's, but `weir bundle` must still never crash on
         // them; and spelling out imports only ever replaces an alias with its full path.
         let _ = weir::rego_text::referenced_input_fields([text.as_str()].into_iter());
+        let own = "package weir.policy.p\nimport data.weir.lib\n";
+        let library = format!("package weir.lib.{text}");
+        if let Some(used) = weir::rego_text::modules_used_by(&[own, &text, &library], "data.weir.policy.p") {
+            prop_assert!(used.contains(&0) && used.iter().all(|&i| i < 3));
+        }
         let out = weir::rego_text::inline_imports(&text);
         if !text.contains("import") {
             prop_assert_eq!(out, text);
