@@ -60,6 +60,9 @@ pub struct AuditRecord {
     pub policy: Option<String>,
     /// Its evaluation time in microseconds.
     pub policy_us: Option<u64>,
+    /// The decision was the one the policy made for the same input earlier (its decision
+    /// cache), not a new evaluation.
+    pub policy_cached: bool,
     /// The tier the policy forced, if it did.
     pub policy_tier: Option<String>,
     /// The `max_tokens` cap the policy set, if it did.
@@ -128,7 +131,7 @@ mod tests {
         assert_eq!(v["outcome"], "client_aborted");
         assert_eq!(v["usage"]["prompt_tokens"], 1);
         assert!(v.get("key_id").unwrap().is_null());
-        assert_eq!(v.as_object().unwrap().len(), 37);
+        assert_eq!(v.as_object().unwrap().len(), 38);
     }
 
     #[test]

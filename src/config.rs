@@ -57,6 +57,11 @@ pub struct PolicyConfig {
     pub data: serde_json::Value,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub programs: BTreeMap<String, crate::policy::BundledPolicy>,
+    /// Keep the decisions of policies that read only the caller, the model and the time,
+    /// per VM, for requests with the same input (see the README's "Policies"). `false`:
+    /// every request runs its policy.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub decision_cache: bool,
 }
 
 /// How to read a caller's identity from the JWT payload `jwt_authn` forwards.
@@ -286,6 +291,9 @@ pub struct KeyConfig {
     pub metadata: BTreeMap<String, String>,
 }
 
+fn is_true(b: &bool) -> bool {
+    *b
+}
 fn is_false(b: &bool) -> bool {
     !*b
 }
@@ -611,7 +619,10 @@ impl Config {
         };
         if !p.programs.is_empty() {
             return crate::policy::PolicySet::load(&p.programs, &p.data, p.default.as_deref())
-                .map(Some)
+                .map(|mut set| {
+                    set.set_decision_cache(p.decision_cache);
+                    Some(set)
+                })
                 .map_err(|reason| err("policy", reason));
         }
         if p.modules.is_empty() {
@@ -632,7 +643,10 @@ impl Config {
         p: &PolicyConfig,
     ) -> Result<Option<crate::policy::PolicySet>, ConfigError> {
         crate::policy::PolicySet::compile(&p.modules, &p.data, p.default.as_deref())
-            .map(Some)
+            .map(|mut set| {
+                set.set_decision_cache(p.decision_cache);
+                Some(set)
+            })
             .map_err(|reason| err("policy", reason))
     }
 

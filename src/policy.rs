@@ -227,6 +227,11 @@ struct Prepared {
     program: Option<Arc<Program>>,
     /// Why the VM is not used.
     interpreted_because: Option<String>,
+    /// Its decision depends only on input that repeats from request to request (see
+    /// [`decisions_repeat`]).
+    repeats: bool,
+    /// Decisions already made, by input: `Some` when `repeats` and the cache is on.
+    decisions: Option<BTreeMap<Value, Decision>>,
 }
 
 /// The compiled policies of one configuration.
@@ -253,6 +258,38 @@ struct RepeatedInput {
 /// At most this many keys' caller objects are kept (then the cache starts over), so
 /// memory stays bounded whatever the number of keys.
 const CACHED_CALLERS: usize = 1024;
+
+/// At most this many decisions are kept per policy and VM (then the cache starts over).
+/// Entries of past seconds are never hit again; starting over drops them.
+const CACHED_DECISIONS: usize = 512;
+
+/// Top-level input fields that stay the same across many requests: one key (`caller`)
+/// asking for one model in one second (`time`). A policy reading only these decides the
+/// same for all of them. The others change with every request: `request` holds the
+/// request id, `directives` the run id (the request id when none is named), `params` and
+/// `messages` the body, `usage` the counters.
+const REPEATING_FIELDS: [&str; 4] = ["version", "caller", "model", "time"];
+
+/// Whether a policy's decision is a function of input that repeats (and of `data`, fixed
+/// with the configuration): it reads only [`REPEATING_FIELDS`] (as far as
+/// `referenced_input_fields` can tell; unknown means no) and calls no builtin whose
+/// answer depends on more than its arguments (the clock, randomness, the network).
+fn decisions_repeat(input_fields: Option<&[String]>, program: &Program) -> bool {
+    let reads_repeating = input_fields.is_some_and(|fields| {
+        fields
+            .iter()
+            .all(|f| REPEATING_FIELDS.contains(&f.as_str()))
+    });
+    let deterministic = !program.has_host_await
+        && program.builtin_info_table.iter().all(|b| {
+            let name = b.name.as_str();
+            !matches!(name, "time.now_ns" | "uuid.rfc4122" | "opa.runtime")
+                && !name.starts_with("rand.")
+                && !name.starts_with("http.")
+                && !name.starts_with("net.lookup")
+        });
+    reads_repeating && deterministic
+}
 
 /// A runaway guard, far above what a policy over a full request needs.
 const VM_MAX_INSTRUCTIONS: usize = 5_000_000;
@@ -400,6 +437,10 @@ impl PolicySet {
                 Ok((vm, program)) => (Some(vm), Some(program), None),
                 Err(why) => (None, None, Some(why)),
             };
+            // Only VM decisions are kept: the interpreter is the host's reference.
+            let repeats = program
+                .as_deref()
+                .is_some_and(|p| decisions_repeat(input_fields.as_deref(), p));
             policies.insert(
                 name.clone(),
                 Prepared {
@@ -408,6 +449,8 @@ impl PolicySet {
                     vm,
                     program,
                     interpreted_because,
+                    repeats,
+                    decisions: repeats.then(BTreeMap::new),
                 },
             );
         }
@@ -445,6 +488,7 @@ impl PolicySet {
                 }
                 Err(e) => return Err(format!("policy {name}: program: {e}")),
             };
+            let repeats = decisions_repeat(b.input_fields.as_deref(), &program);
             let vm = new_vm(program, &data).map_err(|e| format!("policy {name}: {e}"))?;
             policies.insert(
                 name.clone(),
@@ -455,6 +499,8 @@ impl PolicySet {
                     #[cfg(not(target_arch = "wasm32"))]
                     program: None,
                     interpreted_because: None,
+                    repeats,
+                    decisions: repeats.then(BTreeMap::new),
                 },
             );
         }
@@ -553,8 +599,51 @@ impl PolicySet {
         input_value_reusing(parts, fields, Some(&mut self.repeated))
     }
 
+    /// Keep (`true`, the default) or never keep decisions of policies that decide the
+    /// same for repeating input (see [`decisions_repeat`]). Off, every request runs its
+    /// policy.
+    pub fn set_decision_cache(&mut self, on: bool) {
+        for p in self.policies.values_mut() {
+            p.decisions = (on && p.repeats).then(BTreeMap::new);
+        }
+    }
+
+    /// Whether policy `name`'s decisions are kept for repeating input.
+    pub fn caches_decisions(&self, name: &str) -> bool {
+        self.policies
+            .get(name)
+            .is_some_and(|p| p.decisions.is_some())
+    }
+
+    /// What the filter calls: the decision policy `name` already made for this very input,
+    /// if it keeps them (then `true`), else [`Self::evaluate`]'s, kept when it may be.
+    pub fn decide(&mut self, name: &str, input: Value) -> Result<(Decision, bool), String> {
+        let kept = self
+            .policies
+            .get(name)
+            .and_then(|p| p.decisions.as_ref()?.get(&input));
+        if let Some(decision) = kept {
+            return Ok((decision.clone(), true));
+        }
+        let key = self
+            .policies
+            .get(name)
+            .is_some_and(|p| p.decisions.is_some())
+            .then(|| input.clone());
+        let decision = self.evaluate(name, input)?;
+        if let (Some(key), Some(p)) = (key, self.policies.get_mut(name)) {
+            if let Some(decisions) = &mut p.decisions {
+                if decisions.len() >= CACHED_DECISIONS {
+                    decisions.clear();
+                }
+                decisions.insert(key, decision.clone());
+            }
+        }
+        Ok((decision, false))
+    }
+
     /// Evaluates policy `name` on `input`: on the VM, or (on the host) the interpreter
-    /// if the VM cannot.
+    /// if the VM cannot. Never from the decision cache.
     pub fn evaluate(&mut self, name: &str, input: Value) -> Result<Decision, String> {
         let p = self
             .policies
@@ -1460,6 +1549,104 @@ tags contains "reviewed"
         assert_eq!(built["caller"], build_input(&i)["caller"]);
         let all = build_input(&i);
         assert_eq!(all.as_object().unwrap().len(), 9);
+    }
+
+    #[test]
+    fn decisions_for_repeating_input_are_kept() {
+        let (modules, data) = samples();
+        let bundled = PolicySet::compile(&modules, &data, None)
+            .unwrap()
+            .bundled()
+            .unwrap();
+        let mut set = PolicySet::load(&bundled, &data, None).unwrap();
+        // `standard` reads the caller, the model and the time; `dlp` the messages too.
+        assert!(set.caches_decisions("standard"));
+        assert!(!set.caches_decisions("dlp"));
+        let parts = |team: &'static str, model: &'static str, now_unix: u64| {
+            let mut p = InputParts {
+                model,
+                now_unix,
+                policy: "standard",
+                ..Default::default()
+            };
+            p.caller.kind = "api_key";
+            p.caller.team = Some(team);
+            p
+        };
+        fn decide(set: &mut PolicySet, parts: &InputParts<'_>) -> (Decision, bool) {
+            let input = set.input("standard", parts);
+            set.decide("standard", input).unwrap()
+        }
+        // Support's cap, then the same input again: the same decision, from the cache.
+        let monday_10h = 1_795_428_000;
+        let support = parts("support", "balanced", monday_10h);
+        let first = decide(&mut set, &support);
+        assert!(!first.1);
+        assert_eq!(first.0.max_tokens, Some(256));
+        let again = decide(&mut set, &support);
+        assert_eq!(again, (first.0.clone(), true));
+        // Another team, another second, another model: each decided afresh, and right.
+        let other = decide(&mut set, &parts("research", "balanced", monday_10h));
+        assert_eq!((other.0.max_tokens, other.1), (None, false));
+        let later = parts("support", "balanced", monday_10h + 1);
+        assert!(!decide(&mut set, &later).1);
+        let night = parts("contractors", "best", monday_10h + 12 * 3600);
+        let refused = decide(&mut set, &night);
+        assert!(!refused.1 && refused.0.denial().is_some());
+        assert_eq!(decide(&mut set, &night), (refused.0, true));
+        // Never more than the bound, whatever the traffic.
+        for second in 0..(CACHED_DECISIONS as u64 + 10) {
+            let input = set.input("standard", &parts("support", "fast", second));
+            set.decide("standard", input).unwrap();
+        }
+        assert!(set.policies["standard"].decisions.as_ref().unwrap().len() <= CACHED_DECISIONS);
+        // Off, nothing is kept.
+        set.set_decision_cache(false);
+        assert!(!set.caches_decisions("standard"));
+        assert!(!decide(&mut set, &support).1);
+        assert!(!decide(&mut set, &support).1);
+    }
+
+    #[test]
+    fn decisions_that_depend_on_more_than_the_input_are_never_kept() {
+        let compiled = |text: &str| {
+            let set = PolicySet::compile(&[module("p.rego", text)], &json!(null), None).unwrap();
+            PolicySet::load(&set.bundled().unwrap(), &json!(null), None).unwrap()
+        };
+        let repeating = "package weir.policy.p\n\ntier := \"fast\" if input.caller.team == \"a\"\n";
+        assert!(compiled(repeating).caches_decisions("p"));
+        // The clock, randomness and the network (not in this build of regorus, but a
+        // program that calls them is never cached).
+        let fields = Some(&["caller".to_string()][..]);
+        for builtin in ["time.now_ns", "rand.intn", "uuid.rfc4122", "http.send"] {
+            let mut program = Program::new();
+            program
+                .builtin_info_table
+                .push(regorus::rvm::program::BuiltinInfo {
+                    name: builtin.to_string(),
+                    num_args: 0,
+                });
+            assert!(!decisions_repeat(fields, &program), "{builtin}");
+        }
+        let mut program = Program::new();
+        program
+            .builtin_info_table
+            .push(regorus::rvm::program::BuiltinInfo {
+                name: "sprintf".to_string(),
+                num_args: 2,
+            });
+        assert!(decisions_repeat(fields, &program));
+        assert!(!decisions_repeat(None, &program));
+        for text in [
+            // Input that changes with every request, or that the scanner cannot follow.
+            "package weir.policy.p\n\ntags contains input.request.id\n",
+            "package weir.policy.p\n\ntags contains input.directives.run_id\n",
+            "package weir.policy.p\n\ntags contains \"big\" if input.params.input_chars > 10\n",
+            "package weir.policy.p\n\ntags contains \"x\" if input.usage.key\n",
+            "package weir.policy.p\n\ntags contains \"x\" if input[\"caller\"]\n",
+        ] {
+            assert!(!compiled(text).caches_decisions("p"), "{text}");
+        }
     }
 
     #[test]

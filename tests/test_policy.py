@@ -259,6 +259,60 @@ def test_policies_see_every_input_field_they_read(pol, rid):
         pol.deploy()
 
 
+def test_repeated_decisions_come_from_the_cache_and_are_enforced(pol, rid):
+    """`standard` reads only the caller, the model and the time: a worker keeps its decision
+    for the same key, model and second. A kept decision is enforced like a new one; `dlp`
+    reads the messages and is never kept."""
+    body = {"model": "balanced", "max_tokens": 4000, "messages": MESSAGES}
+    with httpx.Client(timeout=30) as client:  # one connection: one worker's cache
+        for i in range(10):
+            h = {"authorization": f"Bearer {pol.support}", "x-weir-request-id": f"{rid}-{i}"}
+            response = client.post(pol.url + "/v1/chat/completions", json=body, headers=h)
+            assert response.status_code == 200, response.text
+            dlp = client.post(pol.url + "/v1/chat/completions", json=body,
+                              headers={**h, "x-weir-request-id": f"{rid}-dlp-{i}", "x-weir-policy": "dlp"})
+            assert dlp.status_code == 200, dlp.text
+    records = [pol.audit(f"{rid}-{i}") for i in range(10)]
+    cached = [r for r in records if r["policy_cached"]]
+    assert len(cached) >= 5, [(r["time"], r["policy_cached"]) for r in records]
+    for r in records:
+        # The support team's cap, whether decided afresh or kept.
+        assert (r["policy"], r["decision"], r["max_tokens_cap"]) == ("standard", "allow", 256)
+        assert "policy:standard" in r["tags"]
+        [received] = pol.received(r["request_id"])
+        assert json.loads(received["body"])["max_tokens"] == 256
+    assert not any(pol.audit(f"{rid}-dlp-{i}")["policy_cached"] for i in range(10))
+
+
+def test_decision_cache_can_be_turned_off(pol, rid):
+    original = pol.config.read_text()
+    body = {"model": "balanced", "messages": MESSAGES}
+
+    def cached_in_a_row(tag: str) -> list[bool]:
+        with httpx.Client(timeout=30) as client:
+            for i in range(6):
+                h = {"authorization": f"Bearer {pol.support}", "x-weir-request-id": f"{rid}-{tag}-{i}"}
+                assert client.post(pol.url + "/v1/chat/completions", json=body, headers=h).status_code == 200
+        return [pol.audit(f"{rid}-{tag}-{i}")["policy_cached"] for i in range(6)]
+
+    try:
+        pol.config.write_text(original.replace("[policy]\n", "[policy]\ndecision_cache = false\n"))
+        pol.deploy()
+        deadline = time.monotonic() + 15
+        attempt = 0
+        while any(cached := cached_in_a_row(f"off{attempt}")):
+            assert time.monotonic() < deadline, cached
+            attempt += 1
+    finally:
+        pol.config.write_text(original)
+        pol.deploy()
+    deadline = time.monotonic() + 15
+    attempt = 0
+    while not any(cached_in_a_row(f"on{attempt}")):
+        assert time.monotonic() < deadline
+        attempt += 1
+
+
 def test_policy_eval_time_is_a_metric(pol):
     text = httpx.get(pol.stack.admin + "/stats/prometheus").text
     assert 'weir_policy_eval_us_count{policy="standard"}' in text or 'weir_policy_eval_us_bucket{policy="standard"' in text

@@ -159,6 +159,11 @@ SCENARIOS = {
     "buffered": ("POST", "/v1/chat/completions", {"model": "balanced", "messages": [{"role": "user", "content": "Hi"}]},
                  [f"authorization: Bearer {devstack.DEMO_KEY}", "content-type: application/json", "x-bench: json",
                   "x-weir-policy: standard"]),
+    # The same with the policy run for every request: Weir's `[policy] decision_cache = false`
+    # (the `buffered` scenario's requests repeat, so its policy decisions are kept).
+    "buffered-uncached": ("POST", "/v1/chat/completions", {"model": "balanced", "messages": [{"role": "user", "content": "Hi"}]},
+                          [f"authorization: Bearer {devstack.DEMO_KEY}", "content-type: application/json", "x-bench: json",
+                           "x-weir-policy: standard"]),
     # The same without a policy.
     "buffered-no-policy": ("POST", "/v1/chat/completions", {"model": "balanced", "messages": [{"role": "user", "content": "Hi"}]},
                            [f"authorization: Bearer {devstack.DEMO_KEY}", "content-type: application/json", "x-bench: json"]),
@@ -213,14 +218,19 @@ def main() -> int:
     # with `x-weir-policy: standard`, or without any policy.
     config = workdir / "weir.toml"
     config.write_text(devstack.sample_config_text().replace('default = "standard"\n', ""))
-    weir = devstack.Stack(workdir / "weir", config=config, flush_ms=1000)
-    weir.mock_addrs = {name: f"127.0.0.1:{upstream.port}" for name in devstack.CLUSTERS}
-    assert weir.bundle().returncode == 0
-    weir.render()
-    ready_started = time.monotonic()
-    weir.start_envoy()
-    ready_s = time.monotonic() - ready_started
-    weir.proc = weir.envoy  # same interface as Envoy for run_load
+
+    def start_weir(name: str, config: Path) -> tuple[devstack.Stack, float]:
+        stack = devstack.Stack(workdir / name, config=config, flush_ms=1000)
+        stack.mock_addrs = {n: f"127.0.0.1:{upstream.port}" for n in devstack.CLUSTERS}
+        assert stack.bundle().returncode == 0
+        stack.render()
+        started = time.monotonic()
+        stack.start_envoy()
+        stack.proc = stack.envoy  # same interface as Envoy for run_load
+        return stack, time.monotonic() - started
+
+    weir, ready_s = start_weir("weir", config)
+    weirs = {"": weir}
     results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
                "wasm_bytes": devstack.WASM.stat().st_size, "weir_ready_s": round(ready_s, 2), "runs": []}
     try:
@@ -228,10 +238,15 @@ def main() -> int:
         unknown = [s for s in chosen if s not in SCENARIOS]
         if unknown:
             parser.error(f"unknown scenarios {unknown}; known: {list(SCENARIOS)}")
+        if "buffered-uncached" in chosen:
+            uncached = workdir / "weir-uncached.toml"
+            uncached.write_text(config.read_text().replace("[policy]\n", "[policy]\ndecision_cache = false\n"))
+            weirs["uncached"] = start_weir("weir-uncached", uncached)[0]
         for scenario in chosen:
+            proxy_of_weir = weirs["uncached" if scenario == "buffered-uncached" else ""]
             for connections in (1, 16):
                 row = {"scenario": scenario, "connections": connections}
-                for name, proxy in (("plain", plain), ("weir", weir)):
+                for name, proxy in (("plain", plain), ("weir", proxy_of_weir)):
                     row[name] = run_load(proxy, workdir, scenario, connections, args.seconds, args.warmup)
                 p, w = row["plain"], row["weir"]
                 row["rps_ratio"] = round(w["rps"] / p["rps"], 3) if p["rps"] else None
@@ -243,7 +258,8 @@ def main() -> int:
         results["rss_mb"] = {"plain": round(rss_mb(plain.proc.pid), 1), "weir": round(rss_mb(weir.envoy.pid), 1),
                              "upstream": round(rss_mb(upstream.proc.pid), 1)}
     finally:
-        weir.stop()
+        for stack in weirs.values():
+            stack.stop()
         plain.stop()
         upstream.stop()
         # The proxies' logs and the audit file of every request: gigabytes over time.

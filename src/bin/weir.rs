@@ -547,11 +547,24 @@ fn policy(command: PolicyCommand) -> Result<(), String> {
                 decision = set.evaluate(&policy, input);
             }
             let decision = decision?;
+            let caches = set.caches_decisions(&policy);
             if repeat > 1 {
                 eprintln!(
                     "{repeat} evaluations, {:.1} µs each",
                     started.elapsed().as_secs_f64() * 1e6 / f64::from(repeat)
                 );
+                if caches {
+                    // The filter's path for a repeated input: build it, find the decision.
+                    let started = std::time::Instant::now();
+                    for _ in 0..repeat {
+                        let input = set.input(&policy, &parts);
+                        set.decide(&policy, input)?;
+                    }
+                    eprintln!(
+                        "{repeat} decisions from the decision cache, {:.1} µs each",
+                        started.elapsed().as_secs_f64() * 1e6 / f64::from(repeat)
+                    );
+                }
             }
             let denial = decision.denial();
             println!(
@@ -565,6 +578,7 @@ fn policy(command: PolicyCommand) -> Result<(), String> {
                     "tier": decision.tier,
                     "max_tokens": decision.max_tokens,
                     "tags": decision.tags,
+                    "decision_cache": caches,
                 }))
                 .unwrap_or_default()
             );

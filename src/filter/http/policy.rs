@@ -242,7 +242,7 @@ impl WeirHttp {
         drop(set);
         let mut set = policies.borrow_mut();
         let input = set.input(name, &parts);
-        let result = set.evaluate(name, input);
+        let result = set.decide(name, input);
         drop(set);
         let micros = host::now()
             .duration_since(now)
@@ -250,14 +250,19 @@ impl WeirHttp {
             .unwrap_or(0);
         self.record.policy_us = Some(micros);
         metrics::record("weir_policy_eval_us", &[("policy", name)], micros);
-        result.map_err(|e| {
-            log::error!("weir: policy {name} failed: {e}");
-            GatewayError::new(
-                ErrorKind::Internal,
-                "The policy could not be evaluated; the request was not forwarded.",
-            )
-            .with_code("policy_error")
-        })
+        result
+            .map(|(decision, cached)| {
+                self.record.policy_cached = cached;
+                decision
+            })
+            .map_err(|e| {
+                log::error!("weir: policy {name} failed: {e}");
+                GatewayError::new(
+                    ErrorKind::Internal,
+                    "The policy could not be evaluated; the request was not forwarded.",
+                )
+                .with_code("policy_error")
+            })
     }
     /// The answer of `POST /v1/weir/advice`: what Weir would do, without doing it.
     pub(super) fn advise(&mut self, plan: Result<&Plan, GatewayError>) -> Action {
