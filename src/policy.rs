@@ -1374,6 +1374,13 @@ tags contains "reviewed"
         (modules, data)
     }
 
+    /// The samples as `weir bundle` ships them.
+    fn bundled_samples() -> (BTreeMap<String, BundledPolicy>, serde_json::Value) {
+        let (modules, data) = samples();
+        let set = PolicySet::compile(&modules, &data, None).unwrap();
+        (set.bundled().unwrap(), data)
+    }
+
     #[test]
     fn imported_rules_are_called_directly() {
         // The samples read `baseline.deny` through `import data.weir.lib.baseline`. Compiled
@@ -1488,11 +1495,7 @@ tags contains "reviewed"
 
     #[test]
     fn bad_bundled_programs_are_refused() {
-        let (modules, data) = samples();
-        let good = PolicySet::compile(&modules, &data, None)
-            .unwrap()
-            .bundled()
-            .unwrap();
+        let (good, data) = bundled_samples();
         let mut bad = good.clone();
         bad.get_mut("dlp").unwrap().program = "bm90IGEgcHJvZ3JhbQ==".into();
         assert!(PolicySet::load(&bad, &data, None)
@@ -1521,9 +1524,7 @@ tags contains "reviewed"
         // Each policy gets the list of the modules it uses (`standard` does not read the
         // messages `dlp` does); the set carries it to the filter, and the input is built
         // with those fields only.
-        let (modules, data) = samples();
-        let set = PolicySet::compile(&modules, &data, None).unwrap();
-        let bundled = set.bundled().unwrap();
+        let (bundled, data) = bundled_samples();
         let loaded = PolicySet::load(&bundled, &data, None).unwrap();
         assert_eq!(
             loaded.input_fields("dlp"),
@@ -1553,11 +1554,7 @@ tags contains "reviewed"
 
     #[test]
     fn decisions_for_repeating_input_are_kept() {
-        let (modules, data) = samples();
-        let bundled = PolicySet::compile(&modules, &data, None)
-            .unwrap()
-            .bundled()
-            .unwrap();
+        let (bundled, data) = bundled_samples();
         let mut set = PolicySet::load(&bundled, &data, None).unwrap();
         // `standard` reads the caller, the model and the time; `dlp` the messages too.
         assert!(set.caches_decisions("standard"));

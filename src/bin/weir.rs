@@ -200,6 +200,17 @@ fn run(cli: Cli) -> Result<(), String> {
                 for (name, why) in &interpreted {
                     println!("  {name}: {why}");
                 }
+                let kept: Vec<&str> = policies
+                    .names()
+                    .into_iter()
+                    .filter(|n| policies.caches_decisions(n))
+                    .collect();
+                if !kept.is_empty() {
+                    println!(
+                        "decisions kept for repeating input (caller, model, time): {}",
+                        kept.join(", ")
+                    );
+                }
                 if !interpreted.is_empty() {
                     return Err(format!(
                         "{}: {} policies cannot be bundled",
