@@ -618,18 +618,13 @@ impl PolicySet {
     /// What the filter calls: the decision policy `name` already made for this very input,
     /// if it keeps them (then `true`), else [`Self::evaluate`]'s, kept when it may be.
     pub fn decide(&mut self, name: &str, input: Value) -> Result<(Decision, bool), String> {
-        let kept = self
-            .policies
-            .get(name)
-            .and_then(|p| p.decisions.as_ref()?.get(&input));
-        if let Some(decision) = kept {
-            return Ok((decision.clone(), true));
-        }
-        let key = self
-            .policies
-            .get(name)
-            .is_some_and(|p| p.decisions.is_some())
-            .then(|| input.clone());
+        let key = match self.policies.get(name).and_then(|p| p.decisions.as_ref()) {
+            Some(kept) => match kept.get(&input) {
+                Some(decision) => return Ok((decision.clone(), true)),
+                None => Some(input.clone()),
+            },
+            None => None,
+        };
         let decision = self.evaluate(name, input)?;
         if let (Some(key), Some(p)) = (key, self.policies.get_mut(name)) {
             if let Some(decisions) = &mut p.decisions {
