@@ -3,7 +3,7 @@
 //! `stats_tags` (see envoy/envoy.yaml) turns each `;label=value` into a real Prometheus label.
 
 /// The labels Weir uses; envoy.yaml has one `stats_tags` entry for each.
-pub const LABELS: [&str; 8] = [
+pub const LABELS: [&str; 9] = [
     "endpoint",
     "tier",
     "decision",
@@ -12,6 +12,7 @@ pub const LABELS: [&str; 8] = [
     "model",
     "team",
     "policy",
+    "cached",
 ];
 
 /// A label value that cannot break the encoding: no `;` or `=`, printable, bounded.

@@ -313,9 +313,17 @@ def test_decision_cache_can_be_turned_off(pol, rid):
         attempt += 1
 
 
-def test_policy_eval_time_is_a_metric(pol):
+def test_policy_eval_time_is_a_metric(pol, rid):
+    """Evaluations and kept decisions apart, by a `cached` label."""
+    with httpx.Client(timeout=30) as client:  # one connection: one worker's cache
+        for i in range(4):
+            h = {"authorization": f"Bearer {pol.support}", "x-weir-request-id": f"{rid}-{i}"}
+            assert client.post(pol.url + "/v1/chat/completions", json={"model": "fast", "messages": MESSAGES},
+                               headers=h).status_code == 200
     text = httpx.get(pol.stack.admin + "/stats/prometheus").text
-    assert 'weir_policy_eval_us_count{policy="standard"}' in text or 'weir_policy_eval_us_bucket{policy="standard"' in text
+    counts = [line for line in text.splitlines() if line.startswith("weir_policy_eval_us_count{")]
+    for cached in ("true", "false"):
+        assert any('policy="standard"' in line and f'cached="{cached}"' in line for line in counts), counts
 
 
 def test_cli_policy_test_and_eval(tmp_path):

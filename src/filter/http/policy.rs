@@ -249,7 +249,17 @@ impl WeirHttp {
             .map(|d| d.as_micros() as u64)
             .unwrap_or(0);
         self.record.policy_us = Some(micros);
-        metrics::record("weir_policy_eval_us", &[("policy", name)], micros);
+        // Kept decisions and evaluations apart: microseconds against tens of them.
+        let cached = if matches!(result, Ok((_, true))) {
+            "true"
+        } else {
+            "false"
+        };
+        metrics::record(
+            "weir_policy_eval_us",
+            &[("policy", name), ("cached", cached)],
+            micros,
+        );
         result
             .map(|(decision, cached)| {
                 self.record.policy_cached = cached;
