@@ -15,36 +15,9 @@ pub const LABELS: [&str; 9] = [
     "cached",
 ];
 
-/// A label value that cannot break the encoding: no `;` or `=`, printable, bounded.
-pub fn label_value(value: &str) -> String {
-    let mut out = String::new();
-    push_label_value(&mut out, value);
-    out
-}
-
-fn push_label_value(out: &mut String, value: &str) {
-    let start = out.len();
-    for c in value.chars().take(128) {
-        out.push(if c.is_ascii_graphic() && c != ';' && c != '=' {
-            c
-        } else {
-            '_'
-        });
-    }
-    if out.len() == start {
-        out.push_str("none");
-    }
-}
-
-/// `name;label=value;...` with sanitised values.
-pub fn name(base: &str, labels: &[(&str, &str)]) -> String {
-    let mut out = String::new();
-    write_name(&mut out, base, labels);
-    out
-}
-
-/// [`name`] into a buffer the caller keeps: the filter formats several names per request
-/// and reuses one buffer rather than allocating each.
+/// `name;label=value;...` into `out` (cleared first), each value sanitised so it cannot
+/// break the encoding: no `;` or `=`, printable, at most 128 characters, `none` when empty.
+/// The filter formats several names per request and reuses one buffer.
 pub fn write_name(out: &mut String, base: &str, labels: &[(&str, &str)]) {
     out.clear();
     out.push_str(base);
@@ -52,7 +25,17 @@ pub fn write_name(out: &mut String, base: &str, labels: &[(&str, &str)]) {
         out.push(';');
         out.push_str(label);
         out.push('=');
-        push_label_value(out, value);
+        let start = out.len();
+        for c in value.chars().take(128) {
+            out.push(if c.is_ascii_graphic() && c != ';' && c != '=' {
+                c
+            } else {
+                '_'
+            });
+        }
+        if out.len() == start {
+            out.push_str("none");
+        }
     }
 }
 
@@ -62,6 +45,11 @@ mod tests {
 
     #[test]
     fn names() {
+        let name = |base: &str, labels: &[(&str, &str)]| {
+            let mut out = String::from("left over");
+            write_name(&mut out, base, labels);
+            out
+        };
         assert_eq!(
             name(
                 "weir_requests_total",
@@ -73,10 +61,11 @@ mod tests {
             ),
             "weir_requests_total;endpoint=chat;model=gpt-4.1;team=a_b_c"
         );
-        assert_eq!(label_value(""), "none");
-        assert_eq!(label_value("x y\n"), "x_y_");
-        let mut buffer = String::from("left over");
-        write_name(&mut buffer, "weir_ttfb_ms", &[("endpoint", "")]);
-        assert_eq!(buffer, "weir_ttfb_ms;endpoint=none");
+        assert_eq!(name("m", &[("l", "")]), "m;l=none");
+        assert_eq!(name("m", &[("l", "x y\n")]), "m;l=x_y_");
+        assert_eq!(
+            name("weir_ttfb_ms", &[("endpoint", "")]),
+            "weir_ttfb_ms;endpoint=none"
+        );
     }
 }
