@@ -230,8 +230,8 @@ struct Prepared {
     /// Its decision depends only on input that repeats from request to request (see
     /// [`decisions_repeat`]).
     repeats: bool,
-    /// Decisions already made, by input: `Some` when `repeats` and the cache is on.
-    decisions: Option<BTreeMap<Value, Decision>>,
+    /// Decisions already made: `Some` when `repeats` and the cache is on.
+    decisions: Option<KeptDecisions>,
 }
 
 /// The compiled policies of one configuration.
@@ -259,9 +259,112 @@ struct RepeatedInput {
 /// memory stays bounded whatever the number of keys.
 const CACHED_CALLERS: usize = 1024;
 
-/// At most this many decisions are kept per policy and VM (then the cache starts over).
-/// Entries of past seconds are never hit again; starting over drops them.
+/// At most this many decisions are kept per policy and VM (then the cache starts over):
+/// the bound for a policy that does not read `time`, or for many keys and models in one
+/// second.
 const CACHED_DECISIONS: usize = 512;
+
+/// The decisions a policy already made, by input.
+#[derive(Default)]
+struct KeptDecisions {
+    by_input: BTreeMap<KeptInput, Decision>,
+    /// The `time` of the inputs kept. A decision of a past second is never asked for
+    /// again, so a new second starts over: a lookup then compares only this second's
+    /// inputs (one per key and model in use), not up to [`CACHED_DECISIONS`] of old ones.
+    second: Option<KeptInput>,
+}
+
+impl KeptDecisions {
+    /// The decision kept for `input`; first forgets the past second's when `input` is
+    /// of a new one.
+    fn get(&mut self, input: &KeptInput) -> Option<&Decision> {
+        let second = input.field("time");
+        if self.second != second {
+            self.by_input.clear();
+            self.second = second;
+        }
+        self.by_input.get(input)
+    }
+
+    fn insert(&mut self, input: KeptInput, decision: Decision) {
+        if self.by_input.len() >= CACHED_DECISIONS {
+            self.by_input.clear();
+        }
+        self.by_input.insert(input, decision);
+    }
+}
+
+/// The input of a kept decision. Ordered exactly as regorus orders values, except that
+/// parts two inputs share (a key's caller object and the current second's time object are
+/// one reference-counted value for all the requests that need them) compare by address
+/// instead of by content: each lookup compares about ten kept inputs, and walking the
+/// whole caller object every time took a third of the filter's time per request.
+struct KeptInput(Value);
+
+impl KeptInput {
+    /// Top-level field `name` (shared with this input, not copied).
+    fn field(&self, name: &str) -> Option<KeptInput> {
+        let value = &self.0[name];
+        (value != &Value::Undefined).then(|| KeptInput(value.clone()))
+    }
+}
+
+impl Ord for KeptInput {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        Sharing(&self.0).cmp(&Sharing(&other.0))
+    }
+}
+
+impl PartialOrd for KeptInput {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for KeptInput {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for KeptInput {}
+
+/// A value in regorus's order (`Value`'s derived `Ord`; an object's is the order of its
+/// entries, sorted), with shared parts equal by address.
+struct Sharing<'a>(&'a Value);
+
+impl<'a> Ord for Sharing<'a> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        use std::cmp::Ordering::Equal;
+        match (self.0, other.0) {
+            (Value::Object(a), Value::Object(b)) => {
+                if Arc::ptr_eq(a, b) {
+                    return Equal;
+                }
+                let entries =
+                    |o: &'a regorus::value::Object| o.iter().map(|(k, v)| (Sharing(k), Sharing(v)));
+                entries(a).cmp(entries(b))
+            }
+            (Value::Array(a), Value::Array(b)) if Arc::ptr_eq(a, b) => Equal,
+            (Value::String(a), Value::String(b)) if Arc::ptr_eq(a, b) => Equal,
+            (a, b) => a.cmp(b),
+        }
+    }
+}
+
+impl PartialOrd for Sharing<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Sharing<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for Sharing<'_> {}
 
 /// Top-level input fields that stay the same across many requests: one key (`caller`)
 /// asking for one model in one second (`time`). A policy reading only these decides the
@@ -450,7 +553,7 @@ impl PolicySet {
                     program,
                     interpreted_because,
                     repeats,
-                    decisions: repeats.then(BTreeMap::new),
+                    decisions: repeats.then(KeptDecisions::default),
                 },
             );
         }
@@ -500,7 +603,7 @@ impl PolicySet {
                     program: None,
                     interpreted_because: None,
                     repeats,
-                    decisions: repeats.then(BTreeMap::new),
+                    decisions: repeats.then(KeptDecisions::default),
                 },
             );
         }
@@ -604,7 +707,7 @@ impl PolicySet {
     /// policy.
     pub fn set_decision_cache(&mut self, on: bool) {
         for p in self.policies.values_mut() {
-            p.decisions = (on && p.repeats).then(BTreeMap::new);
+            p.decisions = (on && p.repeats).then(KeptDecisions::default);
         }
     }
 
@@ -618,19 +721,23 @@ impl PolicySet {
     /// What the filter calls: the decision policy `name` already made for this very input,
     /// if it keeps them (then `true`), else [`Self::evaluate`]'s, kept when it may be.
     pub fn decide(&mut self, name: &str, input: Value) -> Result<(Decision, bool), String> {
-        let key = match self.policies.get(name).and_then(|p| p.decisions.as_ref()) {
-            Some(kept) => match kept.get(&input) {
-                Some(decision) => return Ok((decision.clone(), true)),
-                None => Some(input.clone()),
-            },
+        let key = match self
+            .policies
+            .get_mut(name)
+            .and_then(|p| p.decisions.as_mut())
+        {
+            Some(kept) => {
+                let key = KeptInput(input.clone());
+                match kept.get(&key) {
+                    Some(decision) => return Ok((decision.clone(), true)),
+                    None => Some(key),
+                }
+            }
             None => None,
         };
         let decision = self.evaluate(name, input)?;
         if let (Some(key), Some(p)) = (key, self.policies.get_mut(name)) {
             if let Some(decisions) = &mut p.decisions {
-                if decisions.len() >= CACHED_DECISIONS {
-                    decisions.clear();
-                }
                 decisions.insert(key, decision.clone());
             }
         }
@@ -1586,17 +1693,127 @@ tags contains "reviewed"
         let refused = decide(&mut set, &night);
         assert!(!refused.1 && refused.0.denial().is_some());
         assert_eq!(decide(&mut set, &night), (refused.0, true));
+        // A new second forgets the last one's decisions; in one second, every key's and
+        // model's decision is kept.
+        assert!(!decide(&mut set, &support).1);
+        let research = parts("research", "balanced", monday_10h);
+        assert!(!decide(&mut set, &research).1);
+        assert!(decide(&mut set, &support).1 && decide(&mut set, &research).1);
+        let kept = |set: &PolicySet| {
+            set.policies["standard"]
+                .decisions
+                .as_ref()
+                .unwrap()
+                .by_input
+                .len()
+        };
+        assert_eq!(kept(&set), 2);
         // Never more than the bound, whatever the traffic.
-        for second in 0..(CACHED_DECISIONS as u64 + 10) {
-            let input = set.input("standard", &parts("support", "fast", second));
+        let models: Vec<String> = (0..CACHED_DECISIONS + 10)
+            .map(|i| format!("m{i}"))
+            .collect();
+        for model in &models {
+            let mut p: InputParts<'_> = parts("support", "fast", monday_10h);
+            p.model = model;
+            let input = set.input("standard", &p);
             set.decide("standard", input).unwrap();
         }
-        assert!(set.policies["standard"].decisions.as_ref().unwrap().len() <= CACHED_DECISIONS);
+        assert!(kept(&set) <= CACHED_DECISIONS);
         // Off, nothing is kept.
         set.set_decision_cache(false);
         assert!(!set.caches_decisions("standard"));
         assert!(!decide(&mut set, &support).1);
         assert!(!decide(&mut set, &support).1);
+    }
+
+    /// Values of every kind, some sharing parts (one allocation) and some equal by content
+    /// only, for the order of kept inputs.
+    fn values_sharing_parts() -> Vec<Value> {
+        let json = |t: &str| Value::from_json_str(t).unwrap();
+        let caller = json(r#"{"key_id": "a", "team": "t", "scopes": ["x", "y"], "n": 1}"#);
+        let caller_copy = json(r#"{"key_id": "a", "team": "t", "scopes": ["x", "y"], "n": 1}"#);
+        let other_caller = json(r#"{"key_id": "a", "team": "t", "scopes": ["x", "z"], "n": 1}"#);
+        let input = |caller: &Value, model: &str, second: u64| {
+            object(vec![
+                ("version", Value::from(INPUT_VERSION)),
+                ("caller", caller.clone()),
+                ("model", object(vec![("requested", Value::from(model))])),
+                ("time", object(vec![("unix", Value::from(second))])),
+            ])
+        };
+        let mut values = vec![
+            Value::Null,
+            Value::Undefined,
+            Value::from(true),
+            Value::from(2u64),
+            Value::from("s"),
+            json("[1, 2]"),
+            json("[1, {\"a\": 2}]"),
+            json("{}"),
+            json(r#"{"a": 1}"#),
+            json(r#"{"a": 1, "b": 2}"#),
+            json(r#"{"b": 1}"#),
+            caller.clone(),
+            caller_copy.clone(),
+            other_caller.clone(),
+        ];
+        for c in [&caller, &caller_copy, &other_caller] {
+            for model in ["balanced", "best"] {
+                for second in [1, 2] {
+                    values.push(input(c, model, second));
+                }
+            }
+        }
+        // The very same value again (every part shared).
+        values.push(values[values.len() - 1].clone());
+        values
+    }
+
+    #[test]
+    fn kept_inputs_are_ordered_as_values() {
+        let values = values_sharing_parts();
+        for a in &values {
+            for b in &values {
+                let kept = KeptInput(a.clone()).cmp(&KeptInput(b.clone()));
+                assert_eq!(kept, a.cmp(b), "{a} vs {b}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the values, kept inputs are ordered as regorus orders them (parts shared
+        /// or not), so a kept decision is found for exactly the inputs equal to its own.
+        #[test]
+        fn kept_inputs_order_matches_values(
+            a in arbitrary_json(), b in arbitrary_json(), share in proptest::bool::ANY
+        ) {
+            let a = Value::from(a);
+            let b = Value::from(b);
+            // Inputs that share their first part, or hold equal copies of it.
+            let wrap = |v: &Value, part: &Value| object(vec![("caller", part.clone()), ("model", v.clone())]);
+            let part = Value::from_json_str(r#"{"key_id": "k", "scopes": ["*"]}"#).unwrap();
+            let part_b = if share { part.clone() } else { Value::from_json_str(r#"{"key_id": "k", "scopes": ["*"]}"#).unwrap() };
+            let (x, y) = (wrap(&a, &part), wrap(&b, &part_b));
+            proptest::prop_assert_eq!(KeptInput(x.clone()).cmp(&KeptInput(y.clone())), x.cmp(&y));
+            proptest::prop_assert_eq!(KeptInput(a.clone()).cmp(&KeptInput(b.clone())), a.cmp(&b));
+        }
+    }
+
+    fn arbitrary_json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            (-3i64..3).prop_map(serde_json::Value::from),
+            "[ab]{0,2}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map("[ab]{1,2}", inner, 0..4)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
     }
 
     #[test]
