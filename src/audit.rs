@@ -103,7 +103,12 @@ pub struct CostRecord {
 
 impl AuditRecord {
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        // A typical record is 1.1-1.4 KB: one allocation instead of eight growing copies.
+        let mut out = Vec::with_capacity(2048);
+        match serde_json::to_writer(&mut out, self) {
+            Ok(()) => out,
+            Err(_) => Vec::new(),
+        }
     }
 }
 

@@ -3,23 +3,35 @@
 //! of them for headers that were absent). Now it reads the map once, looks names up here,
 //! and asks the host to remove only the headers that exist.
 //!
+//! The snapshot keeps the host's bytes as they came and indexes them: no allocation per
+//! header (a request's and a response's headers were some forty allocations).
+//!
 //! The snapshot stays true while no one else edits the map: during one callback, or across
 //! a pause (Envoy runs no other filter on a paused stream). Weir's own edits go through it.
+
+use std::ops::Range;
 
 use super::host;
 
 #[derive(Debug, Default)]
 pub struct HeaderSnapshot {
     map: u32,
-    pairs: Vec<(String, Vec<u8>)>,
+    /// The host's encoding of the map, then the names and values Weir set.
+    bytes: Vec<u8>,
+    /// Each header's name and value in `bytes`, in Envoy's order.
+    entries: Vec<(Range<usize>, Range<usize>)>,
 }
 
 impl HeaderSnapshot {
     /// Reads header map `map` (`host::REQUEST_HEADERS` or `host::RESPONSE_HEADERS`).
     pub fn read(map: u32) -> Result<Self, u32> {
+        let bytes = host::header_map_bytes(map)?;
+        // A map that does not decode is as unreadable as a failed call.
+        let entries = index(&bytes).ok_or(host::PARSE_FAILURE)?;
         Ok(HeaderSnapshot {
             map,
-            pairs: host::headers(map)?,
+            bytes,
+            entries,
         })
     }
 
@@ -27,16 +39,20 @@ impl HeaderSnapshot {
     pub fn empty(map: u32) -> Self {
         HeaderSnapshot {
             map,
-            pairs: Vec::new(),
+            ..Default::default()
         }
+    }
+
+    fn slice(&self, range: &Range<usize>) -> &[u8] {
+        self.bytes.get(range.clone()).unwrap_or_default()
     }
 
     /// The first value of `name` (Envoy's own lookup returns the first too).
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.pairs
+        self.entries
             .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+            .find(|(n, _)| self.slice(n).eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| self.slice(v))
     }
 
     /// The first value of `name` as text; `None` when absent or not UTF-8.
@@ -48,9 +64,12 @@ impl HeaderSnapshot {
         self.get(name).is_some()
     }
 
-    /// Every (name, value) pair, in Envoy's order.
-    pub fn pairs(&self) -> &[(String, Vec<u8>)] {
-        &self.pairs
+    /// Every (name, value) pair, in Envoy's order (names are ASCII; any other is skipped).
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.entries.iter().filter_map(|(n, v)| {
+            let name = std::str::from_utf8(self.slice(n)).ok()?;
+            Some((name, self.slice(v)))
+        })
     }
 
     /// Removes every value of `name`, calling the host only when there is one.
@@ -59,16 +78,52 @@ impl HeaderSnapshot {
             return Ok(());
         }
         host::remove_header(self.map, name)?;
-        self.pairs.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        let bytes = &self.bytes;
+        self.entries.retain(|(n, _)| {
+            !bytes
+                .get(n.clone())
+                .unwrap_or_default()
+                .eq_ignore_ascii_case(name.as_bytes())
+        });
         Ok(())
     }
 
     /// Sets `name` to `value` (replacing every value), on the host and here.
     pub fn set(&mut self, name: &str, value: &str) -> Result<(), u32> {
         host::set_header(self.map, name, value)?;
-        self.pairs.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-        self.pairs
-            .push((name.to_ascii_lowercase(), value.as_bytes().to_vec()));
+        let bytes = &self.bytes;
+        self.entries.retain(|(n, _)| {
+            !bytes
+                .get(n.clone())
+                .unwrap_or_default()
+                .eq_ignore_ascii_case(name.as_bytes())
+        });
+        let name_at = self.bytes.len();
+        self.bytes
+            .extend(name.bytes().map(|b| b.to_ascii_lowercase()));
+        let value_at = self.bytes.len();
+        self.bytes.extend_from_slice(value.as_bytes());
+        self.entries
+            .push((name_at..value_at, value_at..self.bytes.len()));
         Ok(())
     }
+}
+
+/// Indexes the ABI's header map encoding: a count, then (name length, value length) pairs,
+/// then each name and value followed by a NUL. Every bound is checked.
+fn index(bytes: &[u8]) -> Option<Vec<(Range<usize>, Range<usize>)>> {
+    let u32_at = |at: usize| -> Option<usize> {
+        Some(u32::from_le_bytes(bytes.get(at..at.checked_add(4)?)?.try_into().ok()?) as usize)
+    };
+    let count = u32_at(0)?;
+    let mut at = count.checked_mul(8)?.checked_add(4)?;
+    let mut entries = Vec::with_capacity(count.min(1024));
+    for i in 0..count {
+        let name = at..at.checked_add(u32_at(4 + i * 8)?)?;
+        let value = name.end + 1..(name.end + 1).checked_add(u32_at(8 + i * 8)?)?;
+        bytes.get(name.start..value.end)?;
+        at = value.end + 1;
+        entries.push((name, value));
+    }
+    Some(entries)
 }

@@ -269,8 +269,9 @@ extern "C" {
     ) -> u32;
 }
 
-/// All headers of a map, values as raw bytes; the host status when unreadable.
-pub fn headers(map: u32) -> Result<Vec<(String, Vec<u8>)>, u32> {
+/// A whole header map in the ABI's encoding (see `serialize_headers`); the host status
+/// when unreadable.
+pub fn header_map_bytes(map: u32) -> Result<Vec<u8>, u32> {
     let mut data = null_mut();
     let mut size = 0;
     // SAFETY: pointers are valid for the call; the host writes the out-parameters.
@@ -278,29 +279,5 @@ pub fn headers(map: u32) -> Result<Vec<(String, Vec<u8>)>, u32> {
     if status != OK {
         return Err(status);
     }
-    // A map that does not decode is as unreadable as a failed call (status 0 is OK, so
-    // report it as the ABI's "parse failure").
-    parse_header_pairs(&owned(data, size)).ok_or(PARSE_FAILURE)
-}
-
-/// Decodes the ABI's header map encoding (see `serialize_headers`), checking every bound.
-fn parse_header_pairs(bytes: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
-    let u32_at = |at: usize| -> Option<usize> {
-        Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?) as usize)
-    };
-    let count = u32_at(0)?;
-    let mut sizes = Vec::with_capacity(count.min(1024));
-    for i in 0..count {
-        sizes.push((u32_at(4 + i * 8)?, u32_at(8 + i * 8)?));
-    }
-    let mut at = 4 + count * 8;
-    let mut out = Vec::with_capacity(sizes.len());
-    for (name_len, value_len) in sizes {
-        let name = bytes.get(at..at + name_len)?;
-        at += name_len + 1;
-        let value = bytes.get(at..at + value_len)?;
-        at += value_len + 1;
-        out.push((String::from_utf8_lossy(name).into_owned(), value.to_vec()));
-    }
-    Some(out)
+    Ok(owned(data, size))
 }

@@ -3,13 +3,16 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
+use foldhash::fast::FixedState;
 use proxy_wasm::types::MetricType;
 
 use crate::metrics::write_name;
 
 thread_local! {
     // A VM is single-threaded; the cache lives as long as the VM.
-    static DEFINED: RefCell<HashMap<String, u32>> = RefCell::new(HashMap::new());
+    // foldhash, not SipHash: the names are Weir's own (bounded labels), and a request
+    // looks up several.
+    static DEFINED: RefCell<HashMap<String, u32, FixedState>> = RefCell::new(HashMap::default());
     // The name being looked up, reused: a request updates several metrics.
     static NAME: RefCell<String> = const { RefCell::new(String::new()) };
 }

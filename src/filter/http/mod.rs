@@ -457,13 +457,12 @@ impl WeirHttp {
         let envoy_headers: Vec<String> = self
             .headers
             .pairs()
-            .iter()
             .filter(|(name, _)| {
                 name.as_bytes()
                     .get(..8)
                     .is_some_and(|p| p.eq_ignore_ascii_case(b"x-envoy-"))
             })
-            .map(|(name, _)| name.clone())
+            .map(|(name, _)| name.to_string())
             .collect();
         for name in envoy_headers {
             self.headers

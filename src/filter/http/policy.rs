@@ -180,20 +180,17 @@ impl WeirHttp {
             },
             None => CallerInput::default(),
         };
-        let all_headers = if wants("request") {
-            self.headers.pairs()
+        let headers: Vec<(String, String)> = if wants("request") {
+            self.headers
+                .pairs()
+                .filter(|(k, _)| {
+                    !k.starts_with(':') && !SECRET_HEADERS.contains(k) && !k.starts_with("x-weir-")
+                })
+                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v).into_owned()))
+                .collect()
         } else {
-            &[]
+            Vec::new()
         };
-        let headers: Vec<(String, String)> = all_headers
-            .iter()
-            .filter(|(k, _)| {
-                !k.starts_with(':')
-                    && !SECRET_HEADERS.contains(&k.as_str())
-                    && !k.starts_with("x-weir-")
-            })
-            .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
-            .collect();
         let locale = if wants("directives") {
             self.headers
                 .get_str("accept-language")
