@@ -264,33 +264,55 @@ const CACHED_CALLERS: usize = 1024;
 /// second.
 const CACHED_DECISIONS: usize = 512;
 
-/// The decisions a policy already made, by input.
+/// The decisions a policy already made, all of one second: a decision of a past second
+/// is never asked for again, so a new second starts over.
 #[derive(Default)]
 struct KeptDecisions {
+    second: u64,
+    /// An API key's requests, by key id and requested model. The input of a policy that
+    /// reads only [`REPEATING_FIELDS`] is a function of these and of the second (the
+    /// caller object depends on the key alone, `is_tier` on the model), so a kept decision
+    /// is found before any input is built.
+    by_key: HashMap<String, HashMap<String, Decision>>,
+    /// Other callers' (a token's caller object carries its claims), by input.
     by_input: BTreeMap<KeptInput, Decision>,
-    /// The `time` of the inputs kept. A decision of a past second is never asked for
-    /// again, so a new second starts over: a lookup then compares only this second's
-    /// inputs (one per key and model in use), not up to [`CACHED_DECISIONS`] of old ones.
-    second: Option<KeptInput>,
+    len: usize,
 }
 
 impl KeptDecisions {
-    /// The decision kept for `input`; first forgets the past second's when `input` is
-    /// of a new one.
-    fn get(&mut self, input: &KeptInput) -> Option<&Decision> {
-        let second = input.field("time");
-        if self.second != second {
-            self.by_input.clear();
-            self.second = second;
+    /// Forgets the kept decisions unless they are of second `now_unix`.
+    fn enter_second(&mut self, now_unix: u64) {
+        if self.second != now_unix {
+            self.clear();
+            self.second = now_unix;
         }
-        self.by_input.get(input)
     }
 
-    fn insert(&mut self, input: KeptInput, decision: Decision) {
-        if self.by_input.len() >= CACHED_DECISIONS {
-            self.by_input.clear();
+    fn clear(&mut self) {
+        self.by_key.clear();
+        self.by_input.clear();
+        self.len = 0;
+    }
+
+    fn for_key(&self, key_id: &str, model: &str) -> Option<&Decision> {
+        self.by_key.get(key_id)?.get(model)
+    }
+
+    /// Keeps `decision`, by key and model when `key_id` is set, else by `input`.
+    fn insert(&mut self, key_id: Option<&str>, model: &str, input: KeptInput, decision: Decision) {
+        if self.len >= CACHED_DECISIONS {
+            self.clear();
         }
-        self.by_input.insert(input, decision);
+        self.len += 1;
+        match key_id {
+            Some(id) => {
+                let models = self.by_key.entry(id.to_string()).or_default();
+                models.insert(model.to_string(), decision);
+            }
+            None => {
+                self.by_input.insert(input, decision);
+            }
+        }
     }
 }
 
@@ -300,14 +322,6 @@ impl KeptDecisions {
 /// instead of by content: each lookup compares about ten kept inputs, and walking the
 /// whole caller object every time took a third of the filter's time per request.
 struct KeptInput(Value);
-
-impl KeptInput {
-    /// Top-level field `name` (shared with this input, not copied).
-    fn field(&self, name: &str) -> Option<KeptInput> {
-        let value = &self.0[name];
-        (value != &Value::Undefined).then(|| KeptInput(value.clone()))
-    }
-}
 
 impl Ord for KeptInput {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
@@ -718,30 +732,45 @@ impl PolicySet {
             .is_some_and(|p| p.decisions.is_some())
     }
 
-    /// What the filter calls: the decision policy `name` already made for this very input,
-    /// if it keeps them (then `true`), else [`Self::evaluate`]'s, kept when it may be.
-    pub fn decide(&mut self, name: &str, input: Value) -> Result<(Decision, bool), String> {
-        let key = match self
-            .policies
-            .get_mut(name)
-            .and_then(|p| p.decisions.as_mut())
-        {
+    /// What the filter calls: the decision policy `name` already made for the input of
+    /// `parts`, if it keeps them (then `true`), else [`Self::evaluate`]'s on that input,
+    /// kept when it may be.
+    pub fn decide(
+        &mut self,
+        name: &str,
+        parts: &InputParts<'_>,
+    ) -> Result<(Decision, bool), String> {
+        let key_id = parts
+            .caller
+            .key_id
+            .filter(|_| parts.caller.kind == "api_key");
+        let keeps = match self.kept(name) {
             Some(kept) => {
-                let key = KeptInput(input.clone());
-                match kept.get(&key) {
-                    Some(decision) => return Ok((decision.clone(), true)),
-                    None => Some(key),
+                kept.enter_second(parts.now_unix);
+                if let Some(decision) = key_id.and_then(|id| kept.for_key(id, parts.model)) {
+                    return Ok((decision.clone(), true));
                 }
+                true
             }
-            None => None,
+            None => false,
         };
-        let decision = self.evaluate(name, input)?;
-        if let (Some(key), Some(p)) = (key, self.policies.get_mut(name)) {
-            if let Some(decisions) = &mut p.decisions {
-                decisions.insert(key, decision.clone());
+        let input = self.input(name, parts);
+        let key = KeptInput(input.clone());
+        if keeps && key_id.is_none() {
+            if let Some(decision) = self.kept(name).and_then(|k| k.by_input.get(&key)) {
+                return Ok((decision.clone(), true));
             }
         }
+        let decision = self.evaluate(name, input)?;
+        if let Some(kept) = self.kept(name) {
+            kept.insert(key_id, parts.model, key, decision.clone());
+        }
         Ok((decision, false))
+    }
+
+    /// Policy `name`'s kept decisions, if it keeps them.
+    fn kept(&mut self, name: &str) -> Option<&mut KeptDecisions> {
+        self.policies.get_mut(name)?.decisions.as_mut()
     }
 
     /// Evaluates policy `name` on `input`: on the VM, or (on the host) the interpreter
@@ -1656,6 +1685,13 @@ tags contains "reviewed"
 
     #[test]
     fn decisions_for_repeating_input_are_kept() {
+        // Keys' requests are kept by key and model; others' (no key id) by input.
+        for by_key in [true, false] {
+            kept_decisions(by_key);
+        }
+    }
+
+    fn kept_decisions(by_key: bool) {
         let (bundled, data) = bundled_samples();
         let mut set = PolicySet::load(&bundled, &data, None).unwrap();
         // `standard` reads the caller, the model and the time; `dlp` the messages too.
@@ -1670,11 +1706,12 @@ tags contains "reviewed"
             };
             p.caller.kind = "api_key";
             p.caller.team = Some(team);
+            // One key per team.
+            p.caller.key_id = by_key.then_some(team);
             p
         };
         fn decide(set: &mut PolicySet, parts: &InputParts<'_>) -> (Decision, bool) {
-            let input = set.input("standard", parts);
-            set.decide("standard", input).unwrap()
+            set.decide("standard", parts).unwrap()
         }
         // Support's cap, then the same input again: the same decision, from the cache.
         let monday_10h = 1_795_428_000;
@@ -1693,20 +1730,16 @@ tags contains "reviewed"
         let refused = decide(&mut set, &night);
         assert!(!refused.1 && refused.0.denial().is_some());
         assert_eq!(decide(&mut set, &night), (refused.0, true));
+        let best = parts("contractors", "balanced", monday_10h + 12 * 3600);
+        assert_eq!(decide(&mut set, &best).0.denial(), None);
         // A new second forgets the last one's decisions; in one second, every key's and
-        // model's decision is kept.
+        // model's decision is kept, each its own.
         assert!(!decide(&mut set, &support).1);
         let research = parts("research", "balanced", monday_10h);
         assert!(!decide(&mut set, &research).1);
-        assert!(decide(&mut set, &support).1 && decide(&mut set, &research).1);
-        let kept = |set: &PolicySet| {
-            set.policies["standard"]
-                .decisions
-                .as_ref()
-                .unwrap()
-                .by_input
-                .len()
-        };
+        assert_eq!(decide(&mut set, &support), (first.0.clone(), true));
+        assert_eq!(decide(&mut set, &research), (other.0.clone(), true));
+        let kept = |set: &PolicySet| set.policies["standard"].decisions.as_ref().unwrap().len;
         assert_eq!(kept(&set), 2);
         // Never more than the bound, whatever the traffic.
         let models: Vec<String> = (0..CACHED_DECISIONS + 10)
@@ -1715,8 +1748,7 @@ tags contains "reviewed"
         for model in &models {
             let mut p: InputParts<'_> = parts("support", "fast", monday_10h);
             p.model = model;
-            let input = set.input("standard", &p);
-            set.decide("standard", input).unwrap();
+            set.decide("standard", &p).unwrap();
         }
         assert!(kept(&set) <= CACHED_DECISIONS);
         // Off, nothing is kept.

@@ -238,8 +238,7 @@ impl WeirHttp {
         };
         drop(set);
         let mut set = policies.borrow_mut();
-        let input = set.input(name, &parts);
-        let result = set.decide(name, input);
+        let result = set.decide(name, &parts);
         drop(set);
         let micros = host::now()
             .duration_since(now)
