@@ -112,6 +112,18 @@ impl AuditRecord {
     }
 }
 
+/// At most the first `max_chars` characters of `s` (request text kept in a record is
+/// bounded). Usually `s` itself: no character is counted when the bytes already fit.
+pub fn clip(s: &str, max_chars: usize) -> &str {
+    if s.len() <= max_chars {
+        return s;
+    }
+    match s.char_indices().nth(max_chars) {
+        Some((end, _)) => &s[..end],
+        None => s,
+    }
+}
+
 /// Milliseconds with microsecond precision, for readable JSON.
 pub fn millis(d: std::time::Duration) -> f64 {
     (d.as_micros() as f64) / 1000.0
@@ -137,6 +149,15 @@ mod tests {
         assert_eq!(v["usage"]["prompt_tokens"], 1);
         assert!(v.get("key_id").unwrap().is_null());
         assert_eq!(v.as_object().unwrap().len(), 38);
+    }
+
+    #[test]
+    fn clip_counts_characters() {
+        assert_eq!(clip("/v1/chat", 512), "/v1/chat");
+        assert_eq!(clip("abcdef", 3), "abc");
+        assert_eq!(clip("ééé", 2), "éé");
+        assert_eq!(clip("ééé", 3), "ééé");
+        assert_eq!(clip("", 0), "");
     }
 
     #[test]

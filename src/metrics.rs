@@ -25,6 +25,12 @@ pub fn write_name(out: &mut String, base: &str, labels: &[(&str, &str)]) {
         out.push(';');
         out.push_str(label);
         out.push('=');
+        let clean = |b: &u8| b.is_ascii_graphic() && *b != b';' && *b != b'=';
+        if !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| clean(&b)) {
+            // The usual case (configured names, numbers): copied as it is.
+            out.push_str(value);
+            continue;
+        }
         let start = out.len();
         for c in value.chars().take(128) {
             out.push(if c.is_ascii_graphic() && c != ';' && c != '=' {
@@ -63,6 +69,14 @@ mod tests {
         );
         assert_eq!(name("m", &[("l", "")]), "m;l=none");
         assert_eq!(name("m", &[("l", "x y\n")]), "m;l=x_y_");
+        // One `_` per character, and at most 128 characters, clean or not.
+        assert_eq!(name("m", &[("l", "café")]), "m;l=caf_");
+        let long = "a".repeat(200);
+        assert_eq!(name("m", &[("l", &long)]), format!("m;l={}", &long[..128]));
+        assert_eq!(
+            name("m", &[("l", &long[..128])]),
+            format!("m;l={}", &long[..128])
+        );
         assert_eq!(
             name("weir_ttfb_ms", &[("endpoint", "")]),
             "weir_ttfb_ms;endpoint=none"

@@ -16,7 +16,7 @@ use super::headers::HeaderSnapshot;
 use super::host::{self, REQUEST_BODY, REQUEST_HEADERS, RESPONSE_BODY, RESPONSE_HEADERS};
 use super::metrics;
 use super::store::SharedData;
-use crate::audit::{millis, AuditRecord, CostRecord, Outcome};
+use crate::audit::{clip, millis, AuditRecord, CostRecord, Outcome};
 use crate::body::{json_string, parse_llm_request, remove_member, splice, Edit, LlmRequest};
 use crate::config::Target;
 use crate::config::{Api, Gateway};
@@ -351,14 +351,8 @@ impl WeirHttp {
             .get_str(":method")
             .unwrap_or_default()
             .to_string();
-        self.record.path = path
-            .split('?')
-            .next()
-            .unwrap_or("")
-            .chars()
-            .take(512)
-            .collect();
-        self.record.method = method.chars().take(16).collect();
+        self.record.path = clip(path.split('?').next().unwrap_or(""), 512).to_string();
+        self.record.method = clip(&method, 16).to_string();
         self.api = error_api(&path, self.headers.contains("anthropic-version"));
 
         let Some(gateway) = self.gateway.clone() else {

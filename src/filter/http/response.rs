@@ -59,8 +59,8 @@ impl WeirHttp {
                     .and_then(|v| String::from_utf8(v).ok())
                     .unwrap_or_default()
             };
-            self.record.method = text(&["request", "method"]).chars().take(16).collect();
-            self.record.path = text(&["request", "url_path"]).chars().take(512).collect();
+            self.record.method = clip(&text(&["request", "method"]), 16).to_string();
+            self.record.path = clip(&text(&["request", "url_path"]), 512).to_string();
             self.record.error = Some("rejected_by_envoy");
         }
         self.record.status = host::property_u64(&["response", "code"]).unwrap_or(0) as u32;
