@@ -11,7 +11,7 @@ TARGET := wasm32-wasip1
 BINARYEN_VERSION := 132.0.0
 WASM_OPT := target/tools/binaryen-$(BINARYEN_VERSION)/node_modules/.bin/wasm-opt
 
-.PHONY: help run test unit policy-test integration soak bench bench-scaling lint fmt wasm bins venv wasm-target clean
+.PHONY: help run test unit policy-test integration soak bench bench-scaling profile lint fmt wasm bins venv wasm-target clean
 
 help:
 	@echo "make run    build Weir and start Envoy with it in front of the mock (or real) providers"
@@ -20,6 +20,7 @@ help:
 	@echo "make lint   cargo fmt --check and clippy (host and wasm)"
 	@echo "make bench  plain Envoy vs Envoy + Weir, side by side (BENCH_SECONDS per run, default 5)"
 	@echo "make bench-scaling  cost as keys, policy rules, body size and stream length grow; memory per worker"
+	@echo "make profile  the filter's hot functions: the module under wasmtime with a stub host, with perf"
 	@echo "make soak   mixed traffic for SOAK_SECONDS (240): no unexpected errors, flat memory, one record per request"
 
 # -- the two commands -------------------------------------------------------------------------
@@ -83,6 +84,15 @@ bench: wasm bins venv
 bench-scaling: wasm bins venv
 	cargo build --profile bench-tools --bin weir-load
 	$(PY) tools/scaling.py
+
+# The module with its function names (the default build's settings, not stripped), run by
+# tools/profile (wasmtime; its first build takes a few minutes).
+profile: wasm bins venv
+	CARGO_TARGET_DIR=target/profile CARGO_PROFILE_RELEASE_STRIP=false cargo build --target $(TARGET) --release --lib
+	$(WASM_OPT) -g -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
+	  --enable-mutable-globals target/profile/$(TARGET)/release/weir.wasm -o target/profile/weir-named.wasm
+	CARGO_TARGET_DIR=target/profile/host cargo build --release --manifest-path tools/profile/Cargo.toml
+	$(PY) tools/profile.py
 
 SOAK_SECONDS ?= 240
 soak: wasm bins venv
