@@ -317,10 +317,10 @@ impl KeptDecisions {
 }
 
 /// The input of a kept decision. Ordered exactly as regorus orders values, except that
-/// parts two inputs share (a key's caller object and the current second's time object are
-/// one reference-counted value for all the requests that need them) compare by address
-/// instead of by content: each lookup compares about ten kept inputs, and walking the
-/// whole caller object every time took a third of the filter's time per request.
+/// parts two inputs share (the current second's time object is one reference-counted
+/// value for all the requests that need it, and so is a key's caller object) compare by
+/// address instead of by content: walking whole objects on every comparison of a lookup
+/// once took a third of the filter's time per request.
 struct KeptInput(Value);
 
 impl Ord for KeptInput {
