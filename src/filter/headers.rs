@@ -72,32 +72,31 @@ impl HeaderSnapshot {
         })
     }
 
+    /// Drops every value of `name` from the snapshot (not from the host's map).
+    fn forget(&mut self, name: &str) {
+        let bytes = &self.bytes;
+        self.entries.retain(|(n, _)| {
+            !bytes
+                .get(n.clone())
+                .unwrap_or_default()
+                .eq_ignore_ascii_case(name.as_bytes())
+        });
+    }
+
     /// Removes every value of `name`, calling the host only when there is one.
     pub fn remove(&mut self, name: &str) -> Result<(), u32> {
         if !self.contains(name) {
             return Ok(());
         }
         host::remove_header(self.map, name)?;
-        let bytes = &self.bytes;
-        self.entries.retain(|(n, _)| {
-            !bytes
-                .get(n.clone())
-                .unwrap_or_default()
-                .eq_ignore_ascii_case(name.as_bytes())
-        });
+        self.forget(name);
         Ok(())
     }
 
     /// Sets `name` to `value` (replacing every value), on the host and here.
     pub fn set(&mut self, name: &str, value: &str) -> Result<(), u32> {
         host::set_header(self.map, name, value)?;
-        let bytes = &self.bytes;
-        self.entries.retain(|(n, _)| {
-            !bytes
-                .get(n.clone())
-                .unwrap_or_default()
-                .eq_ignore_ascii_case(name.as_bytes())
-        });
+        self.forget(name);
         let name_at = self.bytes.len();
         self.bytes
             .extend(name.bytes().map(|b| b.to_ascii_lowercase()));

@@ -161,22 +161,16 @@ fn main() -> Result<()> {
             0
         },
     )?;
-    l.func_wrap(
-        "env",
-        "proxy_record_metric",
-        |mut c: Caller<'_, Host>, _id: i32, _v: i64| -> i32 {
-            count(&mut c, "metric");
-            0
-        },
-    )?;
-    l.func_wrap(
-        "env",
-        "proxy_increment_metric",
-        |mut c: Caller<'_, Host>, _id: i32, _v: i64| -> i32 {
-            count(&mut c, "metric");
-            0
-        },
-    )?;
+    for name in ["proxy_record_metric", "proxy_increment_metric"] {
+        l.func_wrap(
+            "env",
+            name,
+            |mut c: Caller<'_, Host>, _id: i32, _v: i64| -> i32 {
+                count(&mut c, "metric");
+                0
+            },
+        )?;
+    }
     l.func_wrap(
         "env",
         "proxy_define_metric",
