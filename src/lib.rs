@@ -9,6 +9,7 @@ pub mod cost;
 pub mod directives;
 pub mod endpoint;
 pub mod errors;
+pub mod header_map;
 pub mod jwt;
 pub mod keys;
 pub mod limits;

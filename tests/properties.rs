@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use weir::body::{parse_llm_request, remove_member, splice};
 use weir::config::{Api, Config};
+use weir::header_map;
 use weir::providers::{openai, ResponseMeter};
 
 /// Arbitrary JSON values, a few levels deep.
@@ -54,6 +55,35 @@ fn request_object() -> impl Strategy<Value = Value> {
 }
 
 proptest! {
+    /// Header maps from the host: whatever the bytes, no panic and no range outside them.
+    #[test]
+    fn header_maps_never_point_outside_their_bytes(
+        headers in prop::collection::vec(("[a-z:-]{0,12}", ".{0,16}"), 0..8),
+        corrupt in prop::option::of((any::<prop::sample::Index>(), any::<u8>())),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let pairs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let mut bytes = header_map::encode(&pairs);
+        // Untouched, every header comes back as it was.
+        let entries = header_map::index(&bytes).unwrap();
+        prop_assert_eq!(entries.len(), pairs.len());
+        for ((name, value), (n, v)) in pairs.iter().zip(entries) {
+            prop_assert_eq!(&bytes[n], name.as_bytes());
+            prop_assert_eq!(&bytes[v], value.as_bytes());
+        }
+        if let Some((at, byte)) = corrupt {
+            let at = at.index(bytes.len());
+            bytes[at] = byte;
+        }
+        let end = cut.index(bytes.len() + 1);
+        let bytes = &bytes[..end];
+        if let Some(entries) = header_map::index(bytes) {
+            for (n, v) in entries {
+                prop_assert!(n.start <= n.end && n.end < v.start && v.start <= v.end && v.end <= bytes.len());
+            }
+        }
+    }
+
     #[test]
     fn body_parser_never_panics_on_bytes(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
         if let Ok(req) = parse_llm_request(&bytes) {

@@ -12,6 +12,7 @@
 use std::ops::Range;
 
 use super::host;
+use crate::header_map;
 
 #[derive(Debug, Default)]
 pub struct HeaderSnapshot {
@@ -19,7 +20,7 @@ pub struct HeaderSnapshot {
     /// The host's encoding of the map, then the names and values Weir set.
     bytes: Vec<u8>,
     /// Each header's name and value in `bytes`, in Envoy's order.
-    entries: Vec<(Range<usize>, Range<usize>)>,
+    entries: Vec<header_map::Entry>,
 }
 
 impl HeaderSnapshot {
@@ -27,7 +28,7 @@ impl HeaderSnapshot {
     pub fn read(map: u32) -> Result<Self, u32> {
         let bytes = host::header_map_bytes(map)?;
         // A map that does not decode is as unreadable as a failed call.
-        let entries = index(&bytes).ok_or(host::PARSE_FAILURE)?;
+        let entries = header_map::index(&bytes).ok_or(host::PARSE_FAILURE)?;
         Ok(HeaderSnapshot {
             map,
             bytes,
@@ -106,23 +107,4 @@ impl HeaderSnapshot {
             .push((name_at..value_at, value_at..self.bytes.len()));
         Ok(())
     }
-}
-
-/// Indexes the ABI's header map encoding: a count, then (name length, value length) pairs,
-/// then each name and value followed by a NUL. Every bound is checked.
-fn index(bytes: &[u8]) -> Option<Vec<(Range<usize>, Range<usize>)>> {
-    let u32_at = |at: usize| -> Option<usize> {
-        Some(u32::from_le_bytes(bytes.get(at..at.checked_add(4)?)?.try_into().ok()?) as usize)
-    };
-    let count = u32_at(0)?;
-    let mut at = count.checked_mul(8)?.checked_add(4)?;
-    let mut entries = Vec::with_capacity(count.min(1024));
-    for i in 0..count {
-        let name = at..at.checked_add(u32_at(4 + i * 8)?)?;
-        let value = name.end + 1..(name.end + 1).checked_add(u32_at(8 + i * 8)?)?;
-        bytes.get(name.start..value.end)?;
-        at = value.end + 1;
-        entries.push((name, value));
-    }
-    Some(entries)
 }

@@ -182,28 +182,6 @@ pub fn set_property(path: &[&str], value: &[u8]) -> Result<(), u32> {
     }
 }
 
-/// The header map encoding of the proxy-wasm ABI: count, then (name length, value length)
-/// pairs, then each name and value followed by a NUL.
-fn serialize_headers(headers: &[(&str, &str)]) -> Vec<u8> {
-    let size = 4 + headers
-        .iter()
-        .map(|(n, v)| n.len() + v.len() + 10)
-        .sum::<usize>();
-    let mut out = Vec::with_capacity(size);
-    out.extend_from_slice(&(headers.len() as u32).to_le_bytes());
-    for (n, v) in headers {
-        out.extend_from_slice(&(n.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-    }
-    for (n, v) in headers {
-        out.extend_from_slice(n.as_bytes());
-        out.push(0);
-        out.extend_from_slice(v.as_bytes());
-        out.push(0);
-    }
-    out
-}
-
 /// Answers the request locally; `details` shows in Envoy's `%RESPONSE_CODE_DETAILS%`.
 pub fn send_local_response(
     status: u32,
@@ -211,7 +189,7 @@ pub fn send_local_response(
     body: &[u8],
     details: &str,
 ) -> Result<(), u32> {
-    let headers = serialize_headers(headers);
+    let headers = crate::header_map::encode(headers);
     // SAFETY: pointers are valid for the call.
     let status = unsafe {
         proxy_send_local_response(
@@ -269,7 +247,7 @@ extern "C" {
     ) -> u32;
 }
 
-/// A whole header map in the ABI's encoding (see `serialize_headers`); the host status
+/// A whole header map in the ABI's encoding (see [`crate::header_map`]); the host status
 /// when unreadable.
 pub fn header_map_bytes(map: u32) -> Result<Vec<u8>, u32> {
     let mut data = null_mut();
