@@ -1,8 +1,9 @@
 """`make profile`: where the filter's own code spends its time.
 
 Runs Weir's module (built with its function names) under wasmtime with a stub proxy-wasm
-host (tools/profile), REQUESTS buffered chat completions with the demo key and the
-`standard` policy (PROFILE_POLICY; empty for none), and prints the time per request, the
+host (tools/profile), PROFILE_REQUESTS buffered chat completions (PROFILE_STREAM=1: streamed
+ones) with the demo key and the `standard` policy (PROFILE_POLICY; empty for none), and
+prints the time per request, the
 host calls per request and, when `perf` is installed, the functions that take the time
 (inclusive share of the filter's samples). The stub host is not Envoy: compare builds of
 the module with it, measure Weir's cost with `make bench`.
@@ -71,7 +72,8 @@ def readable(symbol: str) -> str:
 def main() -> int:
     requests = os.environ.get("PROFILE_REQUESTS", "100000")
     policy = os.environ.get("PROFILE_POLICY", "standard")
-    command = [str(HARNESS), str(MODULE), str(bundle()), requests] + ([policy] if policy else [])
+    stream = ["stream"] if os.environ.get("PROFILE_STREAM") else []
+    command = [str(HARNESS), str(MODULE), str(bundle()), requests, policy] + stream
     perf = shutil.which("perf")
     if not perf:
         print("perf is not installed: time and host calls only", file=sys.stderr)

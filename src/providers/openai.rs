@@ -5,7 +5,7 @@ use serde::Deserialize;
 
 use super::ResponseFacts;
 use crate::body::{json_string, member_range, Edit, LlmRequest};
-use crate::usage::{find, has_usage_object, Usage};
+use crate::usage::{find_usage_key, has_usage_object, Usage, USAGE_KEY};
 
 /// Chat and legacy completions, embeddings (`prompt_tokens` only) and the Responses API
 /// (`input_tokens` / `output_tokens` and their `_details`) report the same things under
@@ -136,10 +136,10 @@ pub fn strip_usage(raw: &[u8], data: &[u8]) -> UsageStrip {
         };
     }
     // `"usage"` can only appear unescaped as a key: inside strings its quotes are escaped.
-    let Some(key_start) = find(raw, b"\"usage\"") else {
+    let Some(key_start) = find_usage_key(raw) else {
         return UsageStrip::Keep;
     };
-    let mut at = key_start + b"\"usage\"".len();
+    let mut at = key_start + USAGE_KEY.len();
     let skip_ws = |at: &mut usize| {
         while raw.get(*at).is_some_and(u8::is_ascii_whitespace) {
             *at += 1;

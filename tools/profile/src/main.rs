@@ -4,9 +4,10 @@
 //! data in plain collections; its costs are not Envoy's, so use the numbers to compare two
 //! builds of the module, never as Weir's cost in Envoy (that is `make bench`).
 //!
-//! weir-profile MODULE FILTER_CONFIG REQUESTS [POLICY]
+//! weir-profile MODULE FILTER_CONFIG REQUESTS [POLICY] [stream]
 //! MODULE: weir.wasm with its name section; FILTER_CONFIG: the file `weir bundle --out`
-//! writes; each request is the bench's buffered chat completion with the demo key.
+//! writes; each request is the bench's chat completion with the demo key, buffered or (with
+//! `stream`) answered by the bench's seven-event SSE stream in one chunk.
 
 use anyhow::{anyhow, Context as _, Result};
 use std::collections::HashMap;
@@ -72,6 +73,23 @@ fn s(b: Vec<u8>) -> String {
     String::from_utf8_lossy(&b).into_owned()
 }
 
+/// The bench upstream's answers (tools/bench.py).
+const BUFFERED_ANSWER: &[u8] = br#"{"id": "chatcmpl-bench", "object": "chat.completion", "created": 1, "model": "gpt-4.1-mini", "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the bench upstream."}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19, "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}}}"#;
+
+fn sse_stream() -> Vec<u8> {
+    let chunk = |w: &str| {
+        format!(
+            "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4.1-mini\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{w}\"}},\"finish_reason\":null}}],\"usage\":null}}\n\n"
+        )
+    };
+    let mut out: String = ["Hello ", "from ", "the ", "bench ", "upstream."]
+        .map(chunk)
+        .concat();
+    out.push_str("data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4.1-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":5,\"total_tokens\":17}}\n\n");
+    out.push_str("data: [DONE]\n\n");
+    out.into_bytes()
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let [_, wasm, filter_config, n, rest @ ..] = args.as_slice() else {
@@ -81,6 +99,7 @@ fn main() -> Result<()> {
     };
     let n: usize = n.parse().context("REQUESTS")?;
     let policy = rest.first().cloned().unwrap_or_default();
+    let stream = rest.get(1).is_some_and(|s| s == "stream");
     let bundle: serde_json::Value = serde_json::from_slice(&std::fs::read(filter_config)?)?;
     let plugin_config = bundle["resources"][0]["typed_config"]["config"]["configuration"]["value"]
         .as_str()
@@ -453,9 +472,19 @@ fn main() -> Result<()> {
     let log = inst.get_typed_func::<i32, ()>(&mut store, "proxy_on_log")?;
     let done = inst.get_typed_func::<i32, i32>(&mut store, "proxy_on_done")?;
     let del = inst.get_typed_func::<i32, ()>(&mut store, "proxy_on_delete")?;
-    let req_body =
-        br#"{"model": "balanced", "messages": [{"role": "user", "content": "Hi"}]}"#.to_vec();
-    let resp_body = br#"{"id": "chatcmpl-bench", "object": "chat.completion", "created": 1, "model": "gpt-4.1-mini", "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the bench upstream."}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19, "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}}}"#.to_vec();
+    let (req_body, resp_body, resp_type) = if stream {
+        (
+            br#"{"model": "balanced", "stream": true, "messages": [{"role": "user", "content": "Hi"}]}"#.to_vec(),
+            sse_stream(),
+            "text/event-stream",
+        )
+    } else {
+        (
+            br#"{"model": "balanced", "messages": [{"role": "user", "content": "Hi"}]}"#.to_vec(),
+            BUFFERED_ANSWER.to_vec(),
+            "application/json",
+        )
+    };
     // The first tenth warms up (the first request evaluates the policy and defines metrics).
     let mut t0 = std::time::Instant::now();
     let warm = n / 10;
@@ -491,7 +520,7 @@ fn main() -> Result<()> {
             h.resp_body = resp_body.clone();
             h.resp_headers = vec![
                 (":status".into(), "200".into()),
-                ("content-type".into(), "application/json".into()),
+                ("content-type".into(), resp_type.into()),
                 ("content-length".into(), resp_body.len().to_string()),
                 ("x-envoy-upstream-service-time".into(), "1".into()),
                 ("x-envoy-attempt-count".into(), "1".into()),
