@@ -17,7 +17,9 @@ use super::host::{self, REQUEST_BODY, REQUEST_HEADERS, RESPONSE_BODY, RESPONSE_H
 use super::metrics;
 use super::store::SharedData;
 use crate::audit::{clip, millis, AuditRecord, CostRecord, Outcome};
-use crate::body::{json_string, parse_llm_request, remove_member, splice, Edit, LlmRequest};
+use crate::body::{
+    json_string, parse_llm_request, remove_member, splice, Edit, Essentials, LlmRequest,
+};
 use crate::config::Target;
 use crate::config::{Api, Gateway};
 use crate::directives::{self, Directives};

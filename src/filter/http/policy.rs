@@ -155,7 +155,13 @@ impl WeirHttp {
         // Only what the policy reads is built (headers, usage and time cost host calls).
         let fields = set.input_fields(name);
         let wants = |f: &str| fields.is_none_or(|fs| fs.iter().any(|x| x == f));
-        let essentials = request.essentials(needs_messages);
+        // Parsing the messages and tools is the costly part of the input: only for a policy
+        // that reads them (a kept decision of `standard` needs none of it).
+        let essentials = if needs_messages || wants("params") {
+            request.essentials(needs_messages)
+        } else {
+            Essentials::default()
+        };
         let caller = match &self.caller {
             Some(Caller::Key(i)) => match gateway.keys.get(*i) {
                 Some(k) => CallerInput {
