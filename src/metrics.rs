@@ -25,24 +25,24 @@ pub fn write_name(out: &mut String, base: &str, labels: &[(&str, &str)]) {
         out.push(';');
         out.push_str(label);
         out.push('=');
-        let clean = |b: &u8| b.is_ascii_graphic() && *b != b';' && *b != b'=';
-        if !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| clean(&b)) {
+        if !value.is_empty() && value.len() <= 128 && value.chars().all(allowed) {
             // The usual case (configured names, numbers): copied as it is.
             out.push_str(value);
             continue;
         }
         let start = out.len();
         for c in value.chars().take(128) {
-            out.push(if c.is_ascii_graphic() && c != ';' && c != '=' {
-                c
-            } else {
-                '_'
-            });
+            out.push(if allowed(c) { c } else { '_' });
         }
         if out.len() == start {
             out.push_str("none");
         }
     }
+}
+
+/// What a label value may hold as it is: printable ASCII, but not the encoding's `;` and `=`.
+fn allowed(c: char) -> bool {
+    c.is_ascii_graphic() && c != ';' && c != '='
 }
 
 #[cfg(test)]
