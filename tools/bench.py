@@ -252,6 +252,8 @@ def main() -> int:
                 row["rps_ratio"] = round(w["rps"] / p["rps"], 3) if p["rps"] else None
                 row["added_cpu_us"] = round(w["cpu_us_per_request"] - p["cpu_us_per_request"], 1)
                 row["added_p50_ms"] = round(w["p50_ms"] - p["p50_ms"], 3)
+                # The streaming target: what Weir adds before a client can read anything.
+                row["added_first_byte_p50_ms"] = round(w["first_byte_p50_ms"] - p["first_byte_p50_ms"], 3)
                 results["runs"].append(row)
                 print(f"{scenario:9} c={connections:<2} plain {p['rps']:8.0f} rps  weir {w['rps']:8.0f} rps  "
                       f"ratio {row['rps_ratio']}", file=sys.stderr, flush=True)
@@ -274,14 +276,16 @@ def main() -> int:
 
 def table(results: dict) -> str:
     lines = [
-        "| scenario | conns | plain rps | weir rps | weir/plain | plain p50 / p99 ms | weir p50 / p99 ms | plain CPU µs/req | weir CPU µs/req | added CPU µs |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| scenario | conns | plain rps | weir rps | weir/plain | plain p50 / p99 ms | weir p50 / p99 ms "
+        "| first byte p50 ms plain / weir | plain CPU µs/req | weir CPU µs/req | added CPU µs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["runs"]:
         p, w = r["plain"], r["weir"]
         lines.append(
             f"| {r['scenario']} | {r['connections']} | {p['rps']:.0f} | {w['rps']:.0f} | {r['rps_ratio']:.2f} | "
             f"{p['p50_ms']:.3f} / {p['p99_ms']:.3f} | {w['p50_ms']:.3f} / {w['p99_ms']:.3f} | "
+            f"{p['first_byte_p50_ms']:.3f} / {w['first_byte_p50_ms']:.3f} | "
             f"{p['cpu_us_per_request']:.0f} | {w['cpu_us_per_request']:.0f} | {r['added_cpu_us']:+.0f} |"
         )
     rss = results.get("rss_mb", {})

@@ -1,7 +1,8 @@
 //! A closed-loop HTTP/1.1 load generator for `make bench`: N keep-alive connections, each
 //! sending the same request back to back for a fixed time (loopback only; it stops by
-//! itself). Prints one JSON line: requests, errors, statuses, requests per second and
-//! latency percentiles.
+//! itself). Prints one JSON line: requests, errors, statuses, requests per second, and
+//! percentiles of the latency (to the last byte of the body) and of the time to the
+//! response headers (the first byte a streaming client can use).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -45,6 +46,8 @@ struct Args {
 #[derive(Default)]
 struct Tally {
     latencies_us: Vec<u64>,
+    /// To the response headers: for a stream, the wait before its first event can arrive.
+    first_byte_us: Vec<u64>,
     statuses: BTreeMap<u16, u64>,
     errors: u64,
 }
@@ -81,8 +84,10 @@ async fn connection(args: Args, body: Bytes, start: Instant) -> Tally {
                 return tally;
             };
             let sent = Instant::now();
+            let mut first_byte = None;
             let ok = match sender.send_request(req).await {
                 Ok(resp) => {
+                    first_byte = Some(sent.elapsed());
                     let status = resp.status().as_u16();
                     let complete = resp.into_body().collect().await.is_ok();
                     if sent >= warm_until {
@@ -93,8 +98,9 @@ async fn connection(args: Args, body: Bytes, start: Instant) -> Tally {
                 Err(_) => false,
             };
             if sent >= warm_until {
-                if ok {
+                if let (true, Some(first_byte)) = (ok, first_byte) {
                     tally.latencies_us.push(sent.elapsed().as_micros() as u64);
+                    tally.first_byte_us.push(first_byte.as_micros() as u64);
                 } else {
                     tally.errors += 1;
                 }
@@ -130,6 +136,7 @@ async fn main() {
     for t in tasks {
         if let Ok(t) = t.await {
             all.latencies_us.extend(t.latencies_us);
+            all.first_byte_us.extend(t.first_byte_us);
             all.errors += t.errors;
             for (s, n) in t.statuses {
                 *all.statuses.entry(s).or_default() += n;
@@ -137,6 +144,7 @@ async fn main() {
         }
     }
     all.latencies_us.sort_unstable();
+    all.first_byte_us.sort_unstable();
     let n = all.latencies_us.len();
     println!(
         "{}",
@@ -147,6 +155,8 @@ async fn main() {
             "rps": n as f64 / args.seconds,
             "p50_ms": percentile(&all.latencies_us, 0.50),
             "p99_ms": percentile(&all.latencies_us, 0.99),
+            "first_byte_p50_ms": percentile(&all.first_byte_us, 0.50),
+            "first_byte_p99_ms": percentile(&all.first_byte_us, 0.99),
             "connections": args.connections,
             "seconds": args.seconds,
         })
