@@ -118,6 +118,76 @@ def test_requests_envoy_refuses_before_weir_still_get_a_record(hostile, rid):
     assert record["detail"].startswith("http1.")
 
 
+def read_response(s: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response (with a content-length) from `s`."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise AssertionError(f"connection closed after {data!r}")
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    while len(body) < int(headers.get("content-length", "0")):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return int(lines[0].split()[1]), headers, body
+
+
+def post_head(rid: str, key: str, length: int) -> bytes:
+    return (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+            f"x-weir-request-id: {rid}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {length}\r\n\r\n").encode()
+
+
+def test_a_refused_request_keeps_its_connection(hostile, rid):
+    """A refusal waits for a small body to arrive, so Envoy keeps the HTTP/1 connection:
+    a client retrying (or going on with another key) pays for no new connection."""
+    body = json.dumps({"model": "fast", "messages": MESSAGES}).encode()
+    with socket.create_connection(("127.0.0.1", hostile.stack.port), timeout=10) as s:
+        s.sendall(post_head(rid, "wk_live_not_a_key", len(body)))
+        # The answer waits for the body...
+        s.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            s.recv(1)
+        s.settimeout(10)
+        s.sendall(body)
+        status, headers, reply = read_response(s)
+        assert status == 401 and headers.get("connection") != "close", headers
+        assert json.loads(reply)["error"]["code"] == "invalid_api_key"
+        # ...and the same connection serves the next request.
+        s.sendall(post_head(rid + "-2", DEMO_KEY, len(body)) + body)
+        status, headers, reply = read_response(s)
+        assert status == 200, reply
+    assert hostile.received(rid) == []
+    assert (hostile.audit(rid)["status"], hostile.audit(rid)["outcome"]) == (401, "denied")
+    assert hostile.audit(rid + "-2")["outcome"] == "completed"
+
+
+def test_a_refusal_does_not_wait_for_a_large_body(hostile, rid):
+    """Above 64 KiB (or without a length) the refusal goes at once: Weir never waits for,
+    nor buffers, a large body from a caller it refuses; Envoy then closes the connection."""
+    with socket.create_connection(("127.0.0.1", hostile.stack.port), timeout=10) as s:
+        s.sendall(post_head(rid, "wk_live_not_a_key", 64 * 1024 + 1) + b'{"model":')
+        status, headers, reply = read_response(s)
+        assert status == 401 and headers.get("connection") == "close", headers
+    assert hostile.audit(rid)["outcome"] == "denied"
+
+
+def test_a_client_that_leaves_while_its_refusal_waits_still_gets_a_record(hostile, rid):
+    with socket.create_connection(("127.0.0.1", hostile.stack.port), timeout=10) as s:
+        s.sendall(post_head(rid, "wk_live_not_a_key", 100) + b'{"model":')
+        time.sleep(0.3)
+    record = hostile.audit(rid)
+    # No reply was sent (status 0), and the record says why.
+    assert (record["outcome"], record["error"], record["status"], record["detail"]) == (
+        "denied", "invalid_api_key", 0, "downstream_remote_disconnect"), record
+    assert hostile.received(rid) == []
+
+
 def test_credentials_in_the_query_string_are_ignored_and_not_forwarded(hostile, rid):
     secret = "wk_live_QUERYSTRINGSECRET0123456789abcdef"
     url = hostile.url + f"/v1/chat/completions?api_key={secret}&key={secret}&trace=1"

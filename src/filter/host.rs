@@ -182,31 +182,45 @@ pub fn set_property(path: &[&str], value: &[u8]) -> Result<(), u32> {
     }
 }
 
-/// Answers the request locally; `details` shows in Envoy's `%RESPONSE_CODE_DETAILS%`.
-pub fn send_local_response(
+/// A local reply, built when Weir decides and sent then or later (see `WeirHttp::reply`);
+/// `details` shows in Envoy's `%RESPONSE_CODE_DETAILS%`.
+pub struct LocalReply {
     status: u32,
-    headers: &[(&str, &str)],
-    body: &[u8],
-    details: &str,
-) -> Result<(), u32> {
-    let headers = crate::header_map::encode(headers);
-    // SAFETY: pointers are valid for the call.
-    let status = unsafe {
-        proxy_send_local_response(
+    /// In Envoy's header-map encoding.
+    headers: Vec<u8>,
+    body: Vec<u8>,
+    details: String,
+}
+
+impl LocalReply {
+    pub fn new(status: u32, headers: &[(&str, &str)], body: Vec<u8>, details: &str) -> Self {
+        LocalReply {
             status,
-            details.as_ptr(),
-            details.len(),
-            body.as_ptr(),
-            body.len(),
-            headers.as_ptr(),
-            headers.len(),
-            -1,
-        )
-    };
-    if status == OK {
-        Ok(())
-    } else {
-        Err(status)
+            headers: crate::header_map::encode(headers),
+            body,
+            details: details.to_string(),
+        }
+    }
+
+    pub fn send(&self) -> Result<(), u32> {
+        // SAFETY: pointers are valid for the call.
+        let status = unsafe {
+            proxy_send_local_response(
+                self.status,
+                self.details.as_ptr(),
+                self.details.len(),
+                self.body.as_ptr(),
+                self.body.len(),
+                self.headers.as_ptr(),
+                self.headers.len(),
+                -1,
+            )
+        };
+        if status == OK {
+            Ok(())
+        } else {
+            Err(status)
+        }
     }
 }
 

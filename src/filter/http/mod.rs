@@ -79,6 +79,11 @@ const DIRECTIVE_HEADERS: [&str; 5] = [
 const NEW_RUN_HEADER: &str = "x-weir-new-run";
 /// A copy of a buffered response larger than this is not kept for accounting.
 const MAX_METERED_JSON: usize = 16 * 1024 * 1024;
+/// A refusal in the headers phase waits for a request body up to this size (declared by
+/// `content-length`) before it is sent: answering an HTTP/1 request before its body has
+/// arrived makes Envoy close the connection, and the client pay for a new one (TCP, TLS).
+/// Larger or unsized bodies are refused at once, as is any body that is still coming.
+const HOLD_REPLY_FOR_BODY: u64 = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -144,6 +149,10 @@ pub struct WeirHttp {
     /// The request headers, read once in the headers phase and kept in step with Weir's
     /// edits until the request is forwarded.
     headers: HeaderSnapshot,
+    /// Replies are held (not sent) while this is set: see `HOLD_REPLY_FOR_BODY`.
+    hold_replies: bool,
+    /// A reply held until the end of the request's body.
+    held_reply: Option<host::LocalReply>,
 }
 
 impl WeirHttp {
@@ -173,6 +182,26 @@ impl WeirHttp {
             provider_api: Api::Openai,
             stream_translator: None,
             headers: HeaderSnapshot::default(),
+            hold_replies: false,
+            held_reply: None,
+        }
+    }
+
+    /// Sends `reply`, or holds it until the request's body has arrived.
+    fn reply(&mut self, reply: host::LocalReply) {
+        if self.hold_replies {
+            self.held_reply = Some(reply);
+        } else if let Err(status_code) = reply.send() {
+            log::error!("weir: local reply failed with status {status_code}");
+        }
+    }
+
+    /// Sends the held reply (the request's body has ended).
+    fn send_held_reply(&mut self) {
+        if let Some(reply) = self.held_reply.take() {
+            if let Err(status_code) = reply.send() {
+                log::error!("weir: local reply failed with status {status_code}");
+            }
         }
     }
 
@@ -201,9 +230,8 @@ impl WeirHttp {
         }
         let limits = self.ratelimit_headers();
         headers.extend(limits.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        if let Err(status_code) = host::send_local_response(status, &headers, &body, &details) {
-            log::error!("weir: local reply failed with status {status_code}");
-        }
+        let reply = host::LocalReply::new(status, &headers, body, &details);
+        self.reply(reply);
         Action::Pause
     }
 
@@ -249,9 +277,8 @@ impl WeirHttp {
             (REQUEST_ID_HEADER, self.record.request_id.as_str()),
             (RUN_ID_HEADER, run_id.as_str()),
         ];
-        if let Err(status_code) = host::send_local_response(200, &headers, body, "weir_answered") {
-            log::error!("weir: local reply failed with status {status_code}");
-        }
+        let reply = host::LocalReply::new(200, &headers, body.to_vec(), "weir_answered");
+        self.reply(reply);
         Action::Pause
     }
 
@@ -343,6 +370,13 @@ impl WeirHttp {
                 return Err(self.internal("reading the request headers", s));
             }
         };
+        // A small body is still to come: a refusal from here on waits for it.
+        self.hold_replies = !end_of_stream
+            && self
+                .headers
+                .get_str("content-length")
+                .and_then(|l| l.trim().parse::<u64>().ok())
+                .is_some_and(|l| l <= HOLD_REPLY_FOR_BODY);
         let path = self
             .headers
             .get_str(":path")
@@ -522,16 +556,36 @@ impl HttpContext for WeirHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         self.started = host::now();
         self.record.time = humantime::format_rfc3339_millis(self.started).to_string();
-        self.on_request_headers(end_of_stream)
-            .unwrap_or_else(|action| action)
+        let action = self
+            .on_request_headers(end_of_stream)
+            .unwrap_or_else(|action| action);
+        self.hold_replies = false;
+        action
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.held_reply.is_some() {
+            // A refusal waiting for the end of a small body (`HOLD_REPLY_FOR_BODY`); the
+            // body is buffered by Envoy meanwhile, never forwarded.
+            if end_of_stream {
+                self.send_held_reply();
+            }
+            return Action::Pause;
+        }
         if self.phase != Phase::AwaitingBody {
             return Action::Continue;
         }
         self.on_request_body(body_size, end_of_stream)
             .unwrap_or_else(|action| action)
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        // Trailers end a request too (HTTP/2).
+        if self.held_reply.is_some() {
+            self.send_held_reply();
+            return Action::Pause;
+        }
+        Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
