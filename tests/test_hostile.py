@@ -167,6 +167,40 @@ def test_a_refused_request_keeps_its_connection(hostile, rid):
     assert hostile.audit(rid + "-2")["outcome"] == "completed"
 
 
+def test_a_refusal_waiting_for_a_body_is_sent_when_trailers_end_the_request(hostile, rid):
+    """HTTP/2: a request may end with trailers instead of its last data frame."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    body = json.dumps({"model": "fast", "messages": MESSAGES}).encode()
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "POST"), (":path", "/v1/chat/completions"), (":scheme", "http"),
+                          (":authority", "x"), ("authorization", "Bearer wk_live_not_a_key"),
+                          ("x-weir-request-id", rid), ("content-type", "application/json"),
+                          ("content-length", str(len(body)))])
+    conn.send_data(1, body)
+    conn.send_headers(1, [("x-checksum", "1")], end_stream=True)
+    status, reply, ended = None, b"", False
+    with socket.create_connection(("127.0.0.1", hostile.stack.port), timeout=10) as s:
+        s.sendall(conn.data_to_send())
+        while not ended:
+            data = s.recv(65536)
+            assert data, "connection closed before the reply ended"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = dict(event.headers)[b":status"]
+                elif isinstance(event, h2.events.DataReceived):
+                    reply += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, h2.events.StreamEnded):
+                    ended = True
+            s.sendall(conn.data_to_send())
+    assert status == b"401" and json.loads(reply)["error"]["code"] == "invalid_api_key"
+    assert hostile.audit(rid)["status"] == 401
+
+
 def test_a_refusal_does_not_wait_for_a_large_body(hostile, rid):
     """Above 64 KiB (or without a length) the refusal goes at once: Weir never waits for,
     nor buffers, a large body from a caller it refuses; Envoy then closes the connection."""
