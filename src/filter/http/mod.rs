@@ -82,7 +82,8 @@ const MAX_METERED_JSON: usize = 16 * 1024 * 1024;
 /// A refusal in the headers phase waits for a request body up to this size (declared by
 /// `content-length`) before it is sent: answering an HTTP/1 request before its body has
 /// arrived makes Envoy close the connection, and the client pay for a new one (TCP, TLS).
-/// Larger or unsized bodies are refused at once, as is any body that is still coming.
+/// Larger or unsized bodies are refused at once: Weir never waits for a large body from a
+/// caller it refuses.
 const HOLD_REPLY_FOR_BODY: u64 = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,17 +192,15 @@ impl WeirHttp {
     fn reply(&mut self, reply: host::LocalReply) {
         if self.hold_replies {
             self.held_reply = Some(reply);
-        } else if let Err(status_code) = reply.send() {
-            log::error!("weir: local reply failed with status {status_code}");
+        } else {
+            send_reply(&reply);
         }
     }
 
     /// Sends the held reply (the request's body has ended).
     fn send_held_reply(&mut self) {
         if let Some(reply) = self.held_reply.take() {
-            if let Err(status_code) = reply.send() {
-                log::error!("weir: local reply failed with status {status_code}");
-            }
+            send_reply(&reply);
         }
     }
 
@@ -741,6 +740,12 @@ impl HttpContext for WeirHttp {
         if let Err(s) = host::set_property(&[property.as_str()], &self.record.to_json()) {
             log::error!("weir: writing the audit record failed with host status {s}");
         }
+    }
+}
+
+fn send_reply(reply: &host::LocalReply) {
+    if let Err(status_code) = reply.send() {
+        log::error!("weir: local reply failed with status {status_code}");
     }
 }
 
