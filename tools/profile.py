@@ -2,8 +2,8 @@
 
 Runs Weir's module (built with its function names) under wasmtime with a stub proxy-wasm
 host (tools/profile), PROFILE_REQUESTS buffered chat completions (PROFILE_STREAM=1: streamed
-ones) with the demo key and the `standard` policy (PROFILE_POLICY; empty for none), and
-prints the time per request, the
+ones; PROFILE_BODY_BYTES: a user message of that many bytes) with the demo key and the
+`standard` policy (PROFILE_POLICY; empty for none), and prints the time per request, the
 host calls per request and, when `perf` is installed, the functions that take the time
 (inclusive share of the filter's samples). The stub host is not Envoy: compare builds of
 the module with it, measure Weir's cost with `make bench`.

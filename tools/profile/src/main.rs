@@ -90,6 +90,14 @@ fn sse_stream() -> Vec<u8> {
     out.into_bytes()
 }
 
+/// The first 300 characters of `text` (a long request body is not printed whole).
+fn clip(text: &str) -> String {
+    match text.char_indices().nth(300) {
+        Some((at, _)) => format!("{}… ({} bytes)", &text[..at], text.len()),
+        None => text.to_string(),
+    }
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let [_, wasm, filter_config, n, rest @ ..] = args.as_slice() else {
@@ -479,8 +487,14 @@ fn main() -> Result<()> {
             "text/event-stream",
         )
     } else {
+        // PROFILE_BODY_BYTES: a longer user message (as an image's base64 would be).
+        let content = match std::env::var("PROFILE_BODY_BYTES").ok().and_then(|v| v.parse().ok()) {
+            Some(bytes) => "a".repeat(bytes),
+            None => "Hi".to_string(),
+        };
         (
-            br#"{"model": "balanced", "messages": [{"role": "user", "content": "Hi"}]}"#.to_vec(),
+            format!(r#"{{"model": "balanced", "messages": [{{"role": "user", "content": "{content}"}}]}}"#)
+                .into_bytes(),
             BUFFERED_ANSWER.to_vec(),
             "application/json",
         )
@@ -548,10 +562,8 @@ fn main() -> Result<()> {
                 store.data().local_replies
             );
             eprintln!("req headers {:?}", store.data().req_headers);
-            eprintln!(
-                "req body {}",
-                String::from_utf8_lossy(&store.data().req_body)
-            );
+            let body = String::from_utf8_lossy(&store.data().req_body);
+            eprintln!("req body {}", clip(&body));
             eprintln!("resp headers {:?}", store.data().resp_headers);
             eprintln!(
                 "audit {}",
