@@ -47,14 +47,15 @@ wasm: wasm-target
 	@$(MAKE) --no-print-directory $(WASM)
 
 # The module Envoy loads: cargo's output through `wasm-opt -Oz` (the features are the ones
-# rustc's wasm32-wasip1 target emits). Without npm, the unoptimised module is used.
+# rustc's wasm32-wasip1 target emits, plus SIMD from .cargo/config.toml). Without npm, the
+# unoptimised module is used.
 $(WASM): $(RAW_WASM)
 	@if [ ! -x $(WASM_OPT) ] && command -v npm >/dev/null; then \
 	  npm install --silent --no-audit --no-fund --prefix $(dir $(WASM_OPT))../.. binaryen@$(BINARYEN_VERSION) \
 	    || echo "warning: could not install binaryen from npm" >&2; fi
 	@if [ -x $(WASM_OPT) ]; then \
 	  $(WASM_OPT) -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
-	    --enable-mutable-globals $(RAW_WASM) -o $@.tmp && mv $@.tmp $@; \
+	    --enable-mutable-globals --enable-simd $(RAW_WASM) -o $@.tmp && mv $@.tmp $@; \
 	else echo "warning: no wasm-opt (npm missing or failed); $(WASM) is not optimised" >&2; cp $(RAW_WASM) $@; fi
 	@ls -l $@ | awk '{printf "%s: %.2f MB\n", $$NF, $$5 / 1e6}'
 
@@ -90,7 +91,7 @@ bench-scaling: wasm bins venv
 profile: wasm bins venv
 	CARGO_TARGET_DIR=target/profile CARGO_PROFILE_RELEASE_STRIP=false cargo build --target $(TARGET) --release --lib
 	$(WASM_OPT) -g -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
-	  --enable-mutable-globals target/profile/$(TARGET)/release/weir.wasm -o target/profile/weir-named.wasm
+	  --enable-mutable-globals --enable-simd target/profile/$(TARGET)/release/weir.wasm -o target/profile/weir-named.wasm
 	CARGO_TARGET_DIR=target/profile/host cargo build --release --manifest-path tools/profile/Cargo.toml
 	$(PY) tools/profile.py
 
