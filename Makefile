@@ -34,7 +34,7 @@ wasm-target:
 	@rustup target list --installed | grep -qx $(TARGET) || rustup target add $(TARGET)
 
 # WEIR_OPT=speed compiles every crate at opt-level 3: about 20% less filter CPU per request
-# than the default, for a 1.80 MB module instead of 1.49 MB (see README, Benchmark).
+# than the default, for a 1.79 MB module instead of 1.47 MB (see README, Benchmark).
 WEIR_OPT ?= size
 ifeq ($(WEIR_OPT),speed)
 CARGO_OPT := CARGO_PROFILE_RELEASE_OPT_LEVEL=3
