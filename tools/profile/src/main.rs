@@ -76,6 +76,24 @@ fn s(b: Vec<u8>) -> String {
 /// The bench upstream's answers (tools/bench.py).
 const BUFFERED_ANSWER: &[u8] = br#"{"id": "chatcmpl-bench", "object": "chat.completion", "created": 1, "model": "gpt-4.1-mini", "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the bench upstream."}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19, "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}}}"#;
 
+/// The buffered answer; PROFILE_ANSWER_FLOATS=N adds an embeddings-like `data` array of N
+/// numbers before its usage (a large answer made of numbers, not strings).
+fn answer() -> Vec<u8> {
+    let floats = std::env::var("PROFILE_ANSWER_FLOATS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok());
+    let Some(n) = floats else {
+        return BUFFERED_ANSWER.to_vec();
+    };
+    let numbers: Vec<String> = (0..n)
+        .map(|i| format!("{:.10}", (i as f64 * 0.618_033_988_7).fract() - 0.5))
+        .collect();
+    let data = format!(r#""data": [{{"object": "embedding", "index": 0, "embedding": [{}]}}], "usage""#, numbers.join(", "));
+    String::from_utf8_lossy(BUFFERED_ANSWER)
+        .replacen(r#""usage""#, &data, 1)
+        .into_bytes()
+}
+
 fn sse_stream() -> Vec<u8> {
     let chunk = |w: &str| {
         format!(
@@ -495,7 +513,7 @@ fn main() -> Result<()> {
         (
             format!(r#"{{"model": "balanced", "messages": [{{"role": "user", "content": "{content}"}}]}}"#)
                 .into_bytes(),
-            BUFFERED_ANSWER.to_vec(),
+            answer(),
             "application/json",
         )
     };
