@@ -752,6 +752,38 @@ impl Reply {
     }
 }
 
+/// One embedding per input, as the API gives them: `dimensions` numbers each (3 unless the
+/// request asks for 1 to 8192), as JSON numbers or, with `encoding_format: "base64"`, as
+/// base64 of little-endian f32s. Large batches make the multi-megabyte answers of real
+/// embeddings calls.
+fn embeddings(request: &Value) -> Vec<Value> {
+    use base64::Engine as _;
+    let inputs = match request.get("input") {
+        Some(Value::Array(items)) => items.len().max(1),
+        _ => 1,
+    };
+    let dimensions = request
+        .get("dimensions")
+        .and_then(Value::as_u64)
+        .filter(|d| (1..=8192).contains(d))
+        .unwrap_or(3) as usize;
+    let base64 = request.get("encoding_format").and_then(Value::as_str) == Some("base64");
+    (0..inputs)
+        .map(|i| {
+            let vector: Vec<f32> = (0..dimensions)
+                .map(|j| (((i * dimensions + j) as f32 * 0.618_034).fract() - 0.5) * 0.2)
+                .collect();
+            let embedding = if base64 {
+                let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+                Value::from(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(vector)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect()
+}
+
 /// `/v1/embeddings`, `/v1/completions`, `/v1/responses`, and a pass-through probe
 /// (`/v1/files`), each with usage shaped as the real API shapes it.
 fn other_openai(path: &str, body: &[u8]) -> Option<Value> {
@@ -771,8 +803,7 @@ fn other_openai(path: &str, body: &[u8]) -> Option<Value> {
     Some(match path {
         "/v1/embeddings" => {
             let n = words(request.get("input")).max(1);
-            json!({"object": "list", "model": model,
-                   "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
+            json!({"object": "list", "model": model, "data": embeddings(&request),
                    "usage": {"prompt_tokens": n, "total_tokens": n}})
         }
         "/v1/completions" => {
