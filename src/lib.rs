@@ -10,6 +10,7 @@ pub mod directives;
 pub mod endpoint;
 pub mod errors;
 pub mod header_map;
+pub mod json_top;
 pub mod jwt;
 pub mod keys;
 pub mod limits;

@@ -103,6 +103,28 @@ def test_concrete_models_when_the_scope_allows(routing, rid):
     assert chat(routing, keys["all"], "anthropic/claude-opus-4-1", rid + "-a").status_code == 200
 
 
+def test_a_large_embeddings_answer_is_metered(routing, rid):
+    """A batch of embeddings answers with megabytes of numbers around its usage: Weir finds
+    the usage without parsing them (json_top), as numbers and as base64 strings."""
+    inputs = [f"document {i} has five words" for i in range(64)]
+    response = httpx.post(routing.url + "/v1/embeddings", timeout=30,
+                          headers={"authorization": f"Bearer {routing.keys['embeddings']}", "x-weir-request-id": rid},
+                          json={"model": "fast", "input": inputs, "dimensions": 1536, "encoding_format": "float"})
+    assert response.status_code == 200
+    assert len(response.content) > 1_000_000
+    data = response.json()["data"]
+    assert len(data) == 64 and all(len(d["embedding"]) == 1536 for d in data)
+    record = routing.audit(rid)
+    assert record["usage"]["prompt_tokens"] == 64 * 5 and record["served_model"] == "gpt-4o-mini"
+    assert record["cost_status"] == "priced"
+
+    client = openai.OpenAI(base_url=routing.url + "/v1", api_key=routing.keys["embeddings"], max_retries=0)
+    batch = client.embeddings.create(model="fast", input=inputs, dimensions=1536,
+                                     extra_headers={"x-weir-request-id": rid + "-b64"})
+    assert len(batch.data) == 64 and len(batch.data[0].embedding) == 1536
+    assert routing.audit(rid + "-b64")["usage"]["prompt_tokens"] == batch.usage.prompt_tokens == 64 * 5
+
+
 def test_other_openai_endpoints_get_auth_rewrite_and_audit(routing, rid):
     client = openai.OpenAI(base_url=routing.url + "/v1", api_key=routing.keys["embeddings"], max_retries=0)
     raw = client.embeddings.with_raw_response.create(model="fast", input="three words here",

@@ -51,16 +51,14 @@ struct Message {
 }
 
 pub fn facts_from_json(body: &[u8]) -> ResponseFacts {
-    match serde_json::from_slice::<Message>(body) {
-        Ok(m) => ResponseFacts {
-            usage: m.usage.map(|u| {
-                let mut usage = Usage::default();
-                merge(&mut usage, &u);
-                usage
-            }),
-            served_model: m.model,
-        },
-        Err(_) => ResponseFacts::default(),
+    let (served_model, usage) = super::model_and_usage::<AnthropicUsage>(body);
+    ResponseFacts {
+        usage: usage.map(|u| {
+            let mut usage = Usage::default();
+            merge(&mut usage, &u);
+            usage
+        }),
+        served_model,
     }
 }
 

@@ -13,6 +13,20 @@ pub struct ResponseFacts {
     pub served_model: Option<String>,
 }
 
+/// The `model` and `usage` of a buffered answer (either API). Found with `json_top`, so the
+/// rest of the answer (an embeddings array can be megabytes of numbers) is not parsed;
+/// each value is then parsed alone, and one that does not parse is left out.
+fn model_and_usage<U: serde::de::DeserializeOwned>(body: &[u8]) -> (Option<String>, Option<U>) {
+    let [model, usage] = crate::json_top::top_level_fields(body, ["model", "usage"]);
+    let model = model
+        .and_then(|m| serde_json::from_slice::<Option<String>>(m).ok())
+        .flatten();
+    let usage = usage
+        .and_then(|u| serde_json::from_slice::<Option<U>>(u).ok())
+        .flatten();
+    (model, usage)
+}
+
 /// Reads usage from a response as it streams by: a buffered JSON body (kept until its end)
 /// or SSE events (parsed as they arrive, nothing else kept).
 #[derive(Debug)]

@@ -74,12 +74,10 @@ struct CompletionFacts {
 }
 
 pub fn facts_from_json(body: &[u8]) -> ResponseFacts {
-    match serde_json::from_slice::<CompletionFacts>(body) {
-        Ok(c) => ResponseFacts {
-            usage: c.usage.map(|u| u.to_usage()),
-            served_model: c.model,
-        },
-        Err(_) => ResponseFacts::default(),
+    let (served_model, usage) = super::model_and_usage::<OpenAiUsage>(body);
+    ResponseFacts {
+        usage: usage.map(|u| u.to_usage()),
+        served_model,
     }
 }
 
