@@ -56,8 +56,10 @@ fn skip_whitespace(json: &[u8], mut at: usize) -> usize {
     at
 }
 
-/// The index of the quote closing the string whose content starts at `from`.
-fn string_end(json: &[u8], mut from: usize) -> Option<usize> {
+/// The index of the quote closing the string whose content starts at `from`; `None` when
+/// the string does not end (or ends in a lone backslash). Jumps between quotes and
+/// backslashes with `memchr2`.
+pub(crate) fn string_end(json: &[u8], mut from: usize) -> Option<usize> {
     loop {
         let i = memchr::memchr2(b'"', b'\\', json.get(from..)?)?;
         if json.get(from + i) == Some(&b'"') {
@@ -113,7 +115,7 @@ fn container_end(json: &[u8], open: usize) -> Option<usize> {
 /// commas) are skipped eight bytes a step: a word holds one of them when, after setting
 /// each byte's 0x20 bit (which turns `[` into `{` and `]` into `}`, and no other byte into
 /// either), some byte equals `{` or `}`, or some byte of the word itself equals `"`.
-fn next_structural(json: &[u8], at: usize) -> Option<usize> {
+pub(crate) fn next_structural(json: &[u8], at: usize) -> Option<usize> {
     let mut at = skip_plain_simd(json, at);
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
