@@ -18,6 +18,14 @@ pub struct ResponseFacts {
 /// each value is then parsed alone, and one that does not parse is left out.
 fn model_and_usage<U: serde::de::DeserializeOwned>(body: &[u8]) -> (Option<String>, Option<U>) {
     let [model, usage] = crate::json_top::top_level_fields(body, ["model", "usage"]);
+    parse_model_and_usage(model, usage)
+}
+
+/// The raw `model` and `usage` values parsed; `null` or a value that does not parse is `None`.
+fn parse_model_and_usage<U: serde::de::DeserializeOwned>(
+    model: Option<&[u8]>,
+    usage: Option<&[u8]>,
+) -> (Option<String>, Option<U>) {
     let model = model
         .and_then(|m| serde_json::from_slice::<Option<String>>(m).ok())
         .flatten();

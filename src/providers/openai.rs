@@ -61,18 +61,6 @@ impl OpenAiUsage {
     }
 }
 
-/// The parts of a completion (buffered) or chunk (streamed) Weir reads.
-#[derive(Debug, Deserialize)]
-struct CompletionFacts {
-    #[serde(default)]
-    model: Option<String>,
-    #[serde(default)]
-    usage: Option<OpenAiUsage>,
-    /// Responses API stream events carry the response object here.
-    #[serde(default)]
-    response: Option<Box<CompletionFacts>>,
-}
-
 pub fn facts_from_json(body: &[u8]) -> ResponseFacts {
     let (served_model, usage) = super::model_and_usage::<OpenAiUsage>(body);
     ResponseFacts {
@@ -91,19 +79,20 @@ pub fn on_sse_event(facts: &mut ResponseFacts, data: &[u8]) {
     if facts.served_model.is_some() && !has_usage_object(data) {
         return;
     }
-    if let Ok(chunk) = serde_json::from_slice::<CompletionFacts>(data) {
-        let (model, usage) = match chunk.response {
-            Some(inner) if chunk.model.is_none() && chunk.usage.is_none() => {
-                (inner.model, inner.usage)
-            }
-            _ => (chunk.model, chunk.usage),
-        };
-        if facts.served_model.is_none() {
-            facts.served_model = model;
-        }
-        if let Some(u) = usage {
-            facts.usage = Some(u.to_usage());
-        }
+    // Only the top-level fields are read (json_top), not the chunk's choices.
+    let [model, usage, response] =
+        crate::json_top::top_level_fields(data, ["model", "usage", "response"]);
+    let (mut model, mut usage) = super::parse_model_and_usage::<OpenAiUsage>(model, usage);
+    // Responses API events carry the response object instead.
+    if let (None, None, Some(inner)) = (&model, &usage, response) {
+        let [m, u] = crate::json_top::top_level_fields(inner, ["model", "usage"]);
+        (model, usage) = super::parse_model_and_usage(m, u);
+    }
+    if facts.served_model.is_none() {
+        facts.served_model = model;
+    }
+    if let Some(u) = usage {
+        facts.usage = Some(u.to_usage());
     }
 }
 
