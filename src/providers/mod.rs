@@ -86,19 +86,23 @@ impl Stripper {
         } else {
             self.last_end
         };
-        let mut out = Vec::with_capacity((upto - self.pending_start) as usize);
-        let mut at = self.pending_start;
+        // Offsets into `pending`; cuts lie inside released events, so every range is in it
+        // (checked anyway: a broken invariant passes bytes on instead of killing the VM).
+        let offset = |stream_at: u64| stream_at.saturating_sub(self.pending_start) as usize;
+        let release = offset(upto).min(self.pending.len());
+        let mut out = Vec::with_capacity(release);
+        let mut at = 0;
         for cut in self.cuts.drain(..) {
-            out.extend_from_slice(
-                &self.pending
-                    [(at - self.pending_start) as usize..(cut.start - self.pending_start) as usize],
-            );
-            at = cut.end;
+            let (start, end) = (offset(cut.start).min(release), offset(cut.end).min(release));
+            out.extend_from_slice(self.pending.get(at.min(start)..start).unwrap_or_default());
+            at = at.max(end);
         }
         out.extend_from_slice(
-            &self.pending[(at - self.pending_start) as usize..(upto - self.pending_start) as usize],
+            self.pending
+                .get(at.min(release)..release)
+                .unwrap_or_default(),
         );
-        self.pending.drain(..(upto - self.pending_start) as usize);
+        self.pending.drain(..release);
         self.pending_start = upto;
         out
     }
