@@ -195,6 +195,15 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_name_gives_its_last_value_as_serde_does() {
+        let json = br#"{"usage": {"a": 1}, "x": 0, "usage": {"a": 2}}"#;
+        let [usage] = top_level_fields(json, ["usage"]);
+        let serde: serde_json::Value = serde_json::from_slice(json).unwrap();
+        assert_eq!(text(usage), Some(r#"{"a": 2}"#));
+        assert_eq!(serde["usage"]["a"], 2);
+    }
+
+    #[test]
     fn not_an_object_or_cut_short() {
         assert_eq!(top_level_fields(b"[1,2]", ["a"]), [None]);
         assert_eq!(top_level_fields(b"", ["a"]), [None]);
