@@ -1,6 +1,6 @@
 //! The top-level fields of a JSON object, found without parsing the rest. A provider's
 //! answer can be megabytes of numbers (embeddings) around the two small fields Weir meters
-//! (`model`, `usage`); serde skips numbers a byte at a time, this skips them eight at a time.
+//! (`model`, `usage`); serde skips numbers a byte at a time, this skips eight at a time (sixteen with SIMD).
 //! The values found are returned raw, unvalidated: callers parse them.
 
 /// The raw text of each top-level field of the object in `json` named in `names` (the last
