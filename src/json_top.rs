@@ -1,7 +1,8 @@
 //! The top-level fields of a JSON object, found without parsing the rest. A provider's
 //! answer can be megabytes of numbers (embeddings) around the two small fields Weir meters
-//! (`model`, `usage`); serde skips numbers a byte at a time, this skips eight at a time (sixteen with SIMD).
-//! The values found are returned raw, unvalidated: callers parse them.
+//! (`model`, `usage`); serde skips numbers a byte at a time, this skips eight bytes at a
+//! time (sixteen with SIMD). The values found are returned raw, unvalidated: callers parse
+//! them.
 
 /// The raw text of each top-level field of the object in `json` named in `names` (the last
 /// one where a name repeats, as serde_json's `Value` does), or `None`. Keys are compared as
