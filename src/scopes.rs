@@ -96,32 +96,101 @@ fn check_pattern(scope: &str, what: &str, glob: &str) -> Result<(), String> {
 
 /// `*` matches any run of characters, `?` one character; everything else literally.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
+    // Most scopes are `*` or a plain name: no matching loop for those.
+    if pattern == "*" {
+        return true;
+    }
+    if !pattern.contains(['*', '?']) {
+        return pattern == text;
+    }
+    // Greedy matching with one backtrack point, on bytes (no per-call allocation): a literal
+    // character matches its UTF-8 bytes one by one, `?` takes one whole character, and a
+    // backtrack moves the star's match on by a whole character.
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if let Some((sp, st)) = star {
-            // Let the last `*` swallow one more character and retry.
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
+        match p.get(pi) {
+            Some(b'?') => {
+                pi += 1;
+                ti = next_char(text, ti);
+            }
+            Some(b'*') => {
+                star = Some((pi, ti));
+                pi += 1;
+            }
+            Some(c) if t.get(ti) == Some(c) => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    let next = next_char(text, st);
+                    pi = sp + 1;
+                    ti = next;
+                    star = Some((sp, next));
+                }
+                None => return false,
+            },
         }
     }
-    p[pi..].iter().all(|c| *c == '*')
+    p.get(pi..).unwrap_or_default().iter().all(|c| *c == b'*')
+}
+
+/// The byte index of the character after the one starting at `at` (`at` is a character
+/// boundary of `text`, below its length).
+fn next_char(text: &str, at: usize) -> usize {
+    let width = text
+        .as_bytes()
+        .get(at)
+        .map_or(1, |b| match b.leading_ones() {
+            0 => 1,
+            n => n as usize,
+        });
+    at + width
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The matcher by characters: the implementation before the byte-wise one, except that
+    /// a `*` in the pattern is always a wildcard (it matched a `*` in the text literally
+    /// first, so `a*` did not match `a*b`).
+    fn glob_by_chars(pattern: &str, text: &str) -> bool {
+        let p: Vec<char> = pattern.chars().collect();
+        let t: Vec<char> = text.chars().collect();
+        let (mut pi, mut ti) = (0, 0);
+        let mut star: Option<(usize, usize)> = None;
+        while ti < t.len() {
+            if pi < p.len() && p[pi] == '*' {
+                star = Some((pi, ti));
+                pi += 1;
+            } else if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+                pi += 1;
+                ti += 1;
+            } else if let Some((sp, st)) = star {
+                pi = sp + 1;
+                ti = st + 1;
+                star = Some((sp, st + 1));
+            } else {
+                return false;
+            }
+        }
+        p[pi..].iter().all(|c| *c == '*')
+    }
+
+    proptest! {
+        /// Byte-wise matching agrees with matching by characters, multi-byte ones included.
+        #[test]
+        fn glob_matches_as_by_characters(
+            pattern in "[ab*?é😀]{0,8}",
+            text in "[ab*?é😀]{0,10}",
+        ) {
+            prop_assert_eq!(glob_match(&pattern, &text), glob_by_chars(&pattern, &text));
+        }
+    }
 
     #[test]
     fn globs() {
@@ -135,6 +204,8 @@ mod tests {
         assert!(!glob_match("a*b*c", "aXXbYY"));
         assert!(glob_match("", ""));
         assert!(!glob_match("", "x"));
+        assert!(glob_match("a*", "a*b") && glob_match("a?", "a*"));
+        assert!(glob_match("?", "é") && !glob_match("??", "é"));
     }
 
     #[test]
