@@ -6,7 +6,9 @@ ones; PROFILE_BODY_BYTES: a user message of that many bytes) with the demo key a
 `standard` policy (PROFILE_POLICY; empty for none), and prints the time per request, the
 host calls per request and, when `perf` is installed, the functions that take the time
 (inclusive share of the filter's samples). The stub host is not Envoy: compare builds of
-the module with it, measure Weir's cost with `make bench`.
+the module with it, measure Weir's cost with `make bench`. PROFILE_FUEL=1 also prints the
+wasm instructions per request (wasmtime's fuel): exact and independent of the machine's
+load, the way to compare two builds' own code (time in the profile is noisy to ±1 µs).
 """
 import collections
 import os

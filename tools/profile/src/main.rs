@@ -132,8 +132,13 @@ fn main() -> Result<()> {
         .ok_or_else(|| anyhow!("{filter_config}: no configuration value"))?
         .as_bytes()
         .to_vec();
+    // PROFILE_FUEL=1: also count the wasm instructions each request runs (wasmtime's fuel,
+    // one unit per operator; host calls not included). Unlike time, the count does not move
+    // with the machine's load, so small changes to the filter's code can be compared.
+    let fuel = std::env::var("PROFILE_FUEL").is_ok_and(|v| v == "1");
     let mut config = Config::new();
     config.profiler(ProfilingStrategy::PerfMap);
+    config.consume_fuel(fuel);
     let engine = Engine::new(&config)?;
     let module = Module::from_file(&engine, wasm)?;
     let mut l: Linker<Host> = Linker::new(&engine);
@@ -476,6 +481,9 @@ fn main() -> Result<()> {
     host.props
         .insert(b"response\0code_details".to_vec(), b"via_upstream".to_vec());
     let mut store = Store::new(&engine, host);
+    if fuel {
+        store.set_fuel(u64::MAX)?;
+    }
     let inst = l.instantiate(&mut store, &module)?;
     let create = inst.get_typed_func::<(i32, i32), ()>(&mut store, "proxy_on_context_create")?;
     inst.get_typed_func::<(), ()>(&mut store, "_initialize")?
@@ -519,10 +527,12 @@ fn main() -> Result<()> {
     };
     // The first tenth warms up (the first request evaluates the policy and defines metrics).
     let mut t0 = std::time::Instant::now();
+    let mut fuel0 = 0;
     let warm = n / 10;
     for i in 0..(n + warm) {
         if i == warm {
             t0 = std::time::Instant::now();
+            fuel0 = store.get_fuel().unwrap_or(0);
         }
         let ctx = 2 + i as i32;
         {
@@ -601,6 +611,10 @@ fn main() -> Result<()> {
         }
     }
     let el = t0.elapsed();
+    if fuel {
+        let used = fuel0.saturating_sub(store.get_fuel().unwrap_or(0));
+        println!("{:.0} fuel/request", used as f64 / n as f64);
+    }
     let mut calls: Vec<_> = store
         .data()
         .calls
