@@ -88,7 +88,10 @@ fn answer() -> Vec<u8> {
     let numbers: Vec<String> = (0..n)
         .map(|i| format!("{:.10}", (i as f64 * 0.618_033_988_7).fract() - 0.5))
         .collect();
-    let data = format!(r#""data": [{{"object": "embedding", "index": 0, "embedding": [{}]}}], "usage""#, numbers.join(", "));
+    let data = format!(
+        r#""data": [{{"object": "embedding", "index": 0, "embedding": [{}]}}], "usage""#,
+        numbers.join(", ")
+    );
     String::from_utf8_lossy(BUFFERED_ANSWER)
         .replacen(r#""usage""#, &data, 1)
         .into_bytes()
@@ -514,7 +517,10 @@ fn main() -> Result<()> {
         )
     } else {
         // PROFILE_BODY_BYTES: a longer user message (as an image's base64 would be).
-        let content = match std::env::var("PROFILE_BODY_BYTES").ok().and_then(|v| v.parse().ok()) {
+        let content = match std::env::var("PROFILE_BODY_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
             Some(bytes) => "a".repeat(bytes),
             None => "Hi".to_string(),
         };
