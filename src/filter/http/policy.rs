@@ -251,17 +251,7 @@ impl WeirHttp {
             .map(|d| d.as_micros() as u64)
             .unwrap_or(0);
         self.record.policy_us = Some(micros);
-        // Kept decisions and evaluations apart: microseconds against tens of them.
-        let cached = if matches!(result, Ok((_, true))) {
-            "true"
-        } else {
-            "false"
-        };
-        metrics::record(
-            "weir_policy_eval_us",
-            &[("policy", name), ("cached", cached)],
-            micros,
-        );
+        // The `weir_policy_eval_us` histogram is recorded with the request's other metrics.
         result
             .map(|(decision, cached)| {
                 self.record.policy_cached = cached;

@@ -186,49 +186,30 @@ impl WeirHttp {
     /// Counters and histograms for Prometheus (labels through Envoy's `stats_tags`).
     pub(super) fn record_metrics(&self) {
         let r = &self.record;
-        let endpoint = r.endpoint.unwrap_or("unknown");
-        let tier = r.tier.as_deref().unwrap_or("none");
-        let status = r.status.to_string();
-        metrics::count(
-            "weir_requests_total",
-            &[
-                ("endpoint", endpoint),
-                ("tier", tier),
-                ("decision", r.decision),
-                ("status", &status),
-            ],
-            1,
-        );
-        // The configured model, never the provider's string: labels must stay bounded.
-        let model = self.target_model.as_deref().unwrap_or("none");
-        if let Some(u) = &r.usage {
-            for (direction, n) in [
-                ("prompt", u.prompt_tokens),
-                ("completion", u.completion_tokens),
-                ("cached", u.cached_tokens),
-                ("cache_write", u.cache_write_tokens),
-                ("reasoning", u.reasoning_tokens),
-            ] {
-                metrics::count(
-                    "weir_tokens_total",
-                    &[("direction", direction), ("model", model)],
-                    n,
-                );
-            }
-        }
-        let team = r.team.as_deref().unwrap_or("none");
-        if let Some(cost) = &r.cost {
-            metrics::count(
-                "weir_cost_micros_total",
-                &[("model", model), ("team", team)],
-                cost.micros,
-            );
-        }
-        if r.cost_status == Some("unpriced") {
-            metrics::count("weir_unpriced_requests_total", &[("model", model)], 1);
-        }
-        if let Some(ttfb) = r.ttfb_ms {
-            metrics::record("weir_ttfb_ms", &[("endpoint", endpoint)], ttfb as u64);
-        }
+        let policy = match (&r.policy, r.policy_us) {
+            (Some(name), Some(micros)) => Some((name.as_str(), r.policy_cached, micros)),
+            _ => None,
+        };
+        metrics::record_request(&metrics::RequestMetrics {
+            endpoint: r.endpoint.unwrap_or("unknown"),
+            tier: r.tier.as_deref().unwrap_or("none"),
+            decision: r.decision,
+            status: r.status,
+            model: self.target_model.as_deref().unwrap_or("none"),
+            team: r.team.as_deref().unwrap_or("none"),
+            tokens: r.usage.map(|u| {
+                [
+                    u.prompt_tokens,
+                    u.completion_tokens,
+                    u.cached_tokens,
+                    u.cache_write_tokens,
+                    u.reasoning_tokens,
+                ]
+            }),
+            cost_micros: r.cost.as_ref().map(|c| c.micros),
+            unpriced: r.cost_status == Some("unpriced"),
+            ttfb_ms: r.ttfb_ms.map(|ms| ms as u64),
+            policy,
+        });
     }
 }
