@@ -534,6 +534,7 @@ fn main() -> Result<()> {
     // The first tenth warms up (the first request evaluates the policy and defines metrics).
     let mut t0 = std::time::Instant::now();
     let mut fuel0 = 0;
+    let mut by_callback = [0u64; 8];
     let warm = n / 10;
     for i in 0..(n + warm) {
         if i == warm {
@@ -578,17 +579,38 @@ fn main() -> Result<()> {
             let id = format!("5b0c1d9e-0000-4000-8000-{i:012}").into_bytes();
             h.props.insert(b"request\0id".to_vec(), id);
         }
+        // Fuel left before each callback and after the last: each callback's share.
+        let mut marks = [0u64; 9];
+        let mut mark = |store: &Store<Host>, at: usize| {
+            if fuel && i >= warm {
+                marks[at] = store.get_fuel().unwrap_or(0);
+            }
+        };
+        mark(&store, 0);
         create.call(&mut store, (ctx, 1))?;
+        mark(&store, 1);
         let nh = store.data().req_headers.len() as i32;
         let a = rh.call(&mut store, (ctx, nh, 0))?;
+        mark(&store, 2);
         let bl = store.data().req_body.len() as i32;
         let b = rb.call(&mut store, (ctx, bl, 1))?;
+        mark(&store, 3);
         let c = sh.call(&mut store, (ctx, 7, 0))?;
+        mark(&store, 4);
         let sl = store.data().resp_body.len() as i32;
         let d = sb.call(&mut store, (ctx, sl, 1))?;
+        mark(&store, 5);
         log.call(&mut store, ctx)?;
+        mark(&store, 6);
         done.call(&mut store, ctx)?;
+        mark(&store, 7);
         del.call(&mut store, ctx)?;
+        mark(&store, 8);
+        if fuel && i >= warm {
+            for (spent, pair) in by_callback.iter_mut().zip(marks.windows(2)) {
+                *spent += pair[0].saturating_sub(pair[1]);
+            }
+        }
         if i == 0 {
             // The first request in full: check that it went through as in Envoy.
             eprintln!(
@@ -620,6 +642,22 @@ fn main() -> Result<()> {
     if fuel {
         let used = fuel0.saturating_sub(store.get_fuel().unwrap_or(0));
         println!("{:.0} fuel/request", used as f64 / n as f64);
+        let names = [
+            "context_create",
+            "request_headers",
+            "request_body",
+            "response_headers",
+            "response_body",
+            "log",
+            "done",
+            "delete",
+        ];
+        let shares: Vec<String> = names
+            .iter()
+            .zip(by_callback)
+            .map(|(name, spent)| format!("{name} {:.0}", spent as f64 / n as f64))
+            .collect();
+        println!("fuel by callback: {}", shares.join(", "));
     }
     let mut calls: Vec<_> = store
         .data()
