@@ -351,10 +351,10 @@ pub struct Tier {
 pub struct Gateway {
     pub settings: GatewaySettings,
     pub providers: Vec<Provider>,
-    pub tiers: HashMap<String, Tier>,
+    pub tiers: crate::ConfigMap<String, Tier>,
     pub keys: KeyIndex,
     pub jwt: Option<JwtConfig>,
-    pub prices: HashMap<String, ModelPrice>,
+    pub prices: crate::ConfigMap<String, ModelPrice>,
     /// Compiled once per VM; evaluation needs `&mut` (the engine keeps its input).
     pub policies: Option<std::cell::RefCell<crate::policy::PolicySet>>,
     pub limits: Option<crate::limits::LimitsConfig>,
@@ -492,7 +492,8 @@ impl Config {
                 ));
             }
         }
-        let mut tiers = HashMap::with_capacity(self.tiers.len());
+        let mut tiers =
+            crate::ConfigMap::with_capacity_and_hasher(self.tiers.len(), Default::default());
         for (name, t) in &self.tiers {
             let path = format!("tiers.{name}");
             check_name(&path, name)?;

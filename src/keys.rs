@@ -7,7 +7,7 @@
 //! timing that reveals how many leading bytes of a *digest* matched does not help to find a
 //! preimage (the caller cannot steer digest bytes one at a time).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -91,7 +91,7 @@ impl KeyEntry {
 #[derive(Debug, Default)]
 pub struct KeyIndex {
     entries: Vec<KeyEntry>,
-    by_hash: HashMap<KeyHash, usize>,
+    by_hash: crate::ConfigMap<KeyHash, usize>,
 }
 
 pub fn hash_secret(secret: &str) -> KeyHash {
@@ -115,7 +115,7 @@ impl KeyIndex {
     pub fn with_capacity(n: usize) -> Self {
         KeyIndex {
             entries: Vec::with_capacity(n),
-            by_hash: HashMap::with_capacity(n),
+            by_hash: crate::ConfigMap::with_capacity_and_hasher(n, Default::default()),
         }
     }
 

@@ -29,6 +29,11 @@ pub mod usage;
 #[cfg(target_arch = "wasm32")]
 mod filter;
 
+/// A map looked up on every request by names from the configuration (tiers, prices, key
+/// hashes, policies): foldhash instead of SipHash, which was ~3% of the filter's time.
+/// Not for keys a client chooses (a fixed-seed hash could be flooded with collisions).
+pub type ConfigMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
+
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);

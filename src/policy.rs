@@ -240,7 +240,7 @@ pub struct PolicySet {
     /// cannot run. `None` for a set loaded from bundled programs.
     #[cfg(not(target_arch = "wasm32"))]
     engine: Option<Engine>,
-    policies: HashMap<String, Prepared>,
+    policies: crate::ConfigMap<String, Prepared>,
     pub default: Option<String>,
     /// Input parts that repeat from request to request; they live as long as the set,
     /// that is, until the configuration (keys included) is replaced.
@@ -251,7 +251,7 @@ pub struct PolicySet {
 /// requests that need them again: the caller object of each key, and the current second.
 #[derive(Default)]
 struct RepeatedInput {
-    callers: HashMap<String, Value>,
+    callers: crate::ConfigMap<String, Value>,
     time: Option<(u64, Value)>,
 }
 
@@ -520,7 +520,7 @@ impl PolicySet {
             }
         }
         let texts: Vec<&str> = modules.iter().map(|m| m.text.as_str()).collect();
-        let mut policies = HashMap::new();
+        let mut policies = crate::ConfigMap::default();
         for name in &names {
             // The fields read by the modules the policy may use (all modules, if the
             // scanner cannot tell which).
@@ -586,7 +586,7 @@ impl PolicySet {
         default: Option<&str>,
     ) -> Result<PolicySet, String> {
         let data = data_value(data);
-        let mut policies = HashMap::new();
+        let mut policies = crate::ConfigMap::default();
         for (name, b) in bundled {
             if !valid_policy_name(name) {
                 return Err(format!(
