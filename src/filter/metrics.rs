@@ -162,7 +162,9 @@ pub fn record_request(m: &RequestMetrics) {
 }
 
 fn record_with(m: &RequestMetrics, ids: &mut [Option<u32>; 10]) {
-    let status = m.status.to_string();
+    // On the stack: the label's text is only needed when a slot is first defined.
+    let mut digits = itoa::Buffer::new();
+    let status = digits.format(m.status);
     let [requests, tokens @ .., cost, unpriced, ttfb, policy] = ids;
     count(
         requests,
@@ -171,7 +173,7 @@ fn record_with(m: &RequestMetrics, ids: &mut [Option<u32>; 10]) {
             ("endpoint", m.endpoint),
             ("tier", m.tier),
             ("decision", m.decision),
-            ("status", &status),
+            ("status", status),
         ],
         1,
     );
