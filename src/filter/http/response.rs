@@ -190,7 +190,7 @@ impl WeirHttp {
             (Some(name), Some(micros)) => Some((name.as_str(), r.policy_cached, micros)),
             _ => None,
         };
-        metrics::record_request(&metrics::RequestMetrics {
+        metrics::record_request(&crate::metrics::RequestMetrics {
             endpoint: r.endpoint.unwrap_or("unknown"),
             tier: r.tier.as_deref().unwrap_or("none"),
             decision: r.decision,
