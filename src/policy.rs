@@ -744,12 +744,14 @@ impl PolicySet {
             .caller
             .key_id
             .filter(|_| parts.caller.kind == "api_key");
+        if let Some(decision) =
+            key_id.and_then(|id| self.kept_for_key(name, id, parts.model, parts.now_unix))
+        {
+            return Ok((decision, true));
+        }
         let keeps = match self.kept(name) {
             Some(kept) => {
                 kept.enter_second(parts.now_unix);
-                if let Some(decision) = key_id.and_then(|id| kept.for_key(id, parts.model)) {
-                    return Ok((decision.clone(), true));
-                }
                 true
             }
             None => false,
@@ -766,6 +768,20 @@ impl PolicySet {
             kept.insert(key_id, parts.model, key, decision.clone());
         }
         Ok((decision, false))
+    }
+
+    /// The decision policy `name` made for API key `key_id` and `model` in second
+    /// `now_unix`, if it keeps one: found before any input is built (see `KeptDecisions`).
+    pub fn kept_for_key(
+        &mut self,
+        name: &str,
+        key_id: &str,
+        model: &str,
+        now_unix: u64,
+    ) -> Option<Decision> {
+        let kept = self.kept(name)?;
+        kept.enter_second(now_unix);
+        kept.for_key(key_id, model).cloned()
     }
 
     /// Policy `name`'s kept decisions, if it keeps them.
@@ -1721,9 +1737,20 @@ tags contains "reviewed"
         assert_eq!(first.0.max_tokens, Some(256));
         let again = decide(&mut set, &support);
         assert_eq!(again, (first.0.clone(), true));
+        // The filter looks a key's decision up before building any input: found for the same
+        // key, model and second only (the next second forgets it).
+        let by_key_lookup = |set: &mut PolicySet, model: &str, second: u64| {
+            set.kept_for_key("standard", "support", model, second)
+        };
+        assert_eq!(
+            by_key_lookup(&mut set, "balanced", monday_10h),
+            by_key.then(|| first.0.clone())
+        );
+        assert_eq!(by_key_lookup(&mut set, "best", monday_10h), None);
         // Another team, another second, another model: each decided afresh, and right.
         let other = decide(&mut set, &parts("research", "balanced", monday_10h));
         assert_eq!((other.0.max_tokens, other.1), (None, false));
+        assert_eq!(by_key_lookup(&mut set, "balanced", monday_10h + 1), None);
         let later = parts("support", "balanced", monday_10h + 1);
         assert!(!decide(&mut set, &later).1);
         let night = parts("contractors", "best", monday_10h + 12 * 3600);

@@ -149,6 +149,56 @@ impl WeirHttp {
                 "No policies are configured.",
             ));
         };
+        let now = host::now();
+        let now_unix = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        // A decision the policy already made for this API key and model (this second) needs
+        // no input at all: looked up before any is built.
+        let kept = match &self.caller {
+            Some(Caller::Key(i)) => gateway.keys.get(*i).and_then(|k| {
+                policies
+                    .borrow_mut()
+                    .kept_for_key(name, &k.id, &request.model, now_unix)
+            }),
+            _ => None,
+        };
+        let result = match kept {
+            Some(decision) => Ok((decision, true)),
+            None => self.decide_with_input(gateway, policies, name, request, now_unix),
+        };
+        let micros = host::now()
+            .duration_since(now)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        self.record.policy_us = Some(micros);
+        // The `weir_policy_eval_us` histogram is recorded with the request's other metrics.
+        result
+            .map(|(decision, cached)| {
+                self.record.policy_cached = cached;
+                decision
+            })
+            .map_err(|e| {
+                log::error!("weir: policy {name} failed: {e}");
+                GatewayError::new(
+                    ErrorKind::Internal,
+                    "The policy could not be evaluated; the request was not forwarded.",
+                )
+                .with_code("policy_error")
+            })
+    }
+
+    /// The policy's decision on an input built from this request (only the fields it
+    /// reads), kept or new; `true` with a kept one.
+    fn decide_with_input(
+        &self,
+        gateway: &Gateway,
+        policies: &std::cell::RefCell<crate::policy::PolicySet>,
+        name: &str,
+        request: &LlmRequest<'_>,
+        now_unix: u64,
+    ) -> Result<(Decision, bool), String> {
         // Read-only until the input is built; evaluating needs the set mutably.
         let set = policies.borrow();
         let needs_messages = set.needs_messages(name);
@@ -204,11 +254,6 @@ impl WeirHttp {
         } else {
             None
         };
-        let now = host::now();
-        let now_unix = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
         // Policies see the caller's usage against its limits (read, not reserved).
         let usage_now = gateway
             .limits
@@ -243,28 +288,8 @@ impl WeirHttp {
             usage: usage_now,
         };
         drop(set);
-        let mut set = policies.borrow_mut();
-        let result = set.decide(name, &parts);
-        drop(set);
-        let micros = host::now()
-            .duration_since(now)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(0);
-        self.record.policy_us = Some(micros);
-        // The `weir_policy_eval_us` histogram is recorded with the request's other metrics.
+        let result = policies.borrow_mut().decide(name, &parts);
         result
-            .map(|(decision, cached)| {
-                self.record.policy_cached = cached;
-                decision
-            })
-            .map_err(|e| {
-                log::error!("weir: policy {name} failed: {e}");
-                GatewayError::new(
-                    ErrorKind::Internal,
-                    "The policy could not be evaluated; the request was not forwarded.",
-                )
-                .with_code("policy_error")
-            })
     }
     /// The answer of `POST /v1/weir/advice`: what Weir would do, without doing it.
     pub(super) fn advise(&mut self, plan: Result<&Plan, GatewayError>) -> Action {
