@@ -75,23 +75,27 @@ impl WeirHttp {
         &mut self,
         gateway: &Gateway,
     ) -> Result<Option<String>, GatewayError> {
+        // Borrowed, not copied: one name is copied at the end, for the record.
         let key_default = match &self.caller {
-            Some(Caller::Key(i)) => gateway.keys.get(*i).and_then(|k| k.default_policy.clone()),
+            Some(Caller::Key(i)) => gateway
+                .keys
+                .get(*i)
+                .and_then(|k| k.default_policy.as_deref()),
             _ => None,
         };
-        let chosen = self.directives.policy.clone();
-        let otherwise = key_default.or_else(|| {
-            gateway
+        // The set's default sits behind its RefCell: copied, and only when it is the fallback.
+        let global_default = match key_default {
+            Some(_) => None,
+            None => gateway
                 .policies
                 .as_ref()
-                .and_then(|p| p.borrow().default.clone())
-        });
+                .and_then(|p| p.borrow().default.clone()),
+        };
+        let otherwise = key_default.or(global_default.as_deref());
+        let chosen = self.directives.policy.as_deref();
         // Choosing a policy other than the one that applies anyway needs a `policy:` scope:
         // otherwise any caller could step around its policy (e.g. DLP) with a header.
-        if let Some(choice) = chosen
-            .as_deref()
-            .filter(|c| Some(*c) != otherwise.as_deref())
-        {
+        if let Some(choice) = chosen.filter(|c| Some(*c) != otherwise) {
             let allowed = scopes_of(gateway, &self.caller).is_some_and(|s| s.allows_policy(choice));
             if !allowed {
                 let name = printable(choice);
@@ -102,7 +106,7 @@ impl WeirHttp {
                 .with_code("policy_not_allowed"));
             }
         }
-        let Some(name) = chosen.clone().or(otherwise) else {
+        let Some(name) = chosen.or(otherwise).map(str::to_string) else {
             return Ok(None);
         };
         let known = gateway
