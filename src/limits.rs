@@ -26,7 +26,9 @@ pub enum StoreError {
 /// Shared data with compare-and-swap.
 pub trait Store {
     fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError>;
-    /// Writes only if the value's CAS is still `cas` (`None`: unconditionally).
+    /// Writes only if nobody wrote since the caller's `get`: the value's CAS is still `cas`,
+    /// or, with `None` (the caller read no value), there is still no value. A first write
+    /// racing another worker's then conflicts and is retried instead of overwriting it.
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError>;
 }
 
@@ -764,7 +766,7 @@ pub mod tests {
         fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
             let mut data = self.data.borrow_mut();
             let current = data.get(key).map(|(_, c)| *c);
-            if cas.is_some() && cas != current {
+            if cas != current {
                 return Err(StoreError::Conflict);
             }
             data.insert(key.to_string(), (value.to_vec(), current.unwrap_or(0) + 1));
@@ -809,6 +811,58 @@ pub mod tests {
             .to_string(),
             "2027-01-01T00:00:00Z"
         );
+    }
+
+    /// What another worker does to the store.
+    type OtherWorker<'a> = Box<dyn FnOnce(&MemStore) + 'a>;
+
+    /// Another worker's write lands between this worker's read and its write, once.
+    struct Racing<'a> {
+        store: &'a MemStore,
+        race: RefCell<Option<OtherWorker<'a>>>,
+    }
+
+    impl Store for Racing<'_> {
+        fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
+            self.store.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+            if let Some(race) = self.race.borrow_mut().take() {
+                race(self.store);
+            }
+            self.store.set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn a_first_write_racing_another_is_retried_not_lost() {
+        let store = MemStore::default();
+        // Both workers read "no counter"; the other one creates it first.
+        let racing = Racing {
+            store: &store,
+            race: RefCell::new(Some(Box::new(|s: &MemStore| {
+                assert_eq!(reserve(s, "c", 7, 1, 10).unwrap(), Ok(1));
+            }))),
+        };
+        assert_eq!(reserve(&racing, "c", 7, 1, 10).unwrap(), Ok(2));
+        assert_eq!(read(&store, "c", 7).unwrap(), 2);
+        // The same for a write after a read of an existing value.
+        let racing = Racing {
+            store: &store,
+            race: RefCell::new(Some(Box::new(|s: &MemStore| {
+                adjust(s, "c", 7, 5).unwrap();
+            }))),
+        };
+        adjust(&racing, "c", 7, 1).unwrap();
+        assert_eq!(read(&store, "c", 7).unwrap(), 8);
+        // And for idempotency: the racing first use of the same id wins, this one is a repeat.
+        let racing = Racing {
+            store: &store,
+            race: RefCell::new(Some(Box::new(|s: &MemStore| {
+                assert_eq!(first_use(s, "k", "req-1", 100, 60).unwrap(), Ok(()));
+            }))),
+        };
+        assert_eq!(first_use(&racing, "k", "req-1", 100, 60).unwrap(), Err(100));
     }
 
     #[test]

@@ -27,6 +27,12 @@ extern "C" {
 const OK: u32 = 0;
 const NOT_FOUND: u32 = 1;
 const CAS_MISMATCH: u32 = 8;
+/// The CAS Weir writes with when it read no value. Envoy creates an absent key whatever the
+/// CAS, but checks a non-zero CAS against a present key's, so this makes a first write
+/// "create only": if another worker created the key since Weir read it, the write
+/// conflicts (and the caller reads again) instead of overwriting that worker's count. Zero
+/// would overwrite. A present key's CAS (a process-wide counter) equals this one time in 2^32.
+const CREATE_ONLY: u32 = u32::MAX;
 
 pub struct SharedData;
 
@@ -62,7 +68,7 @@ impl Store for SharedData {
                 key.len(),
                 value.as_ptr(),
                 value.len(),
-                cas.unwrap_or(0),
+                cas.unwrap_or(CREATE_ONLY),
             )
         };
         match status {
