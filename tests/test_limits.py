@@ -3,6 +3,7 @@ concurrent clients: the counters live in Envoy's shared data, shared by both wor
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 import time
 
 import httpx
@@ -48,10 +49,13 @@ spend_per_day = "0.00003"
 
 [limits.per_run]
 calls = 3
+
+[limits.per_user]
+requests_per_minute = 3
 ''')
     keys = {}
     for key_id, team in [("rl-key", "rl"), ("count-key", "count"), ("tok-key", "tok-team"), ("spend-key", "spend-team"),
-                         ("run-key", "runs")]:
+                         ("run-key", "runs"), ("user-key", "users")]:
         keys[key_id] = new_key(config, "--name", key_id, "--id", key_id, "--team", team, "--scopes", "*")
     stack = devstack.Stack(workdir / "stack", config=config, concurrency=2)
     running = Running(stack)
@@ -92,6 +96,61 @@ def test_requests_per_minute_allows_exactly_n_across_both_workers(lim):
     allowed = [r for r in responses if r.status_code == 200]
     remaining = sorted(int(r.headers["x-ratelimit-remaining-requests"]) for r in allowed)
     assert remaining == list(range(20)), remaining  # each of the 20 got its own slot
+
+
+def test_each_end_user_has_a_limit_of_their_own_per_key(lim):
+    same_minute()
+    key = lim.keys["user-key"]
+    user = f"alice-{time.time_ns()}"
+    assert [chat(lim, key, {"x-weir-user": user}).status_code for _ in range(3)] == [200, 200, 200]
+    refused = chat(lim, key, {"x-weir-user": user})
+    assert refused.status_code == 429
+    assert refused.headers["x-ratelimit-limit-requests"] == "3"
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    error = refused.json()["error"]
+    assert error["code"] == "rate_limit_exceeded"
+    assert f"3 requests per minute (user user-key/{user})" in error["message"]
+    # Another user of the same key, the same user of another key, and no user: not limited.
+    assert chat(lim, key, {"x-weir-user": user + "-bob"}).status_code == 200
+    assert chat(lim, lim.keys["run-key"], {"x-weir-user": user}).status_code == 200
+    assert chat(lim, key).status_code == 200
+
+
+def test_a_new_counters_first_writes_on_both_workers_both_count(lim):
+    """Pairs of simultaneous first requests of a new user, each on a new connection (so often
+    on both workers): the second first write must not overwrite the first. Before a write
+    after reading no value was create-only, ~10% of such pairs both got "2 remaining"."""
+    key = lim.keys["user-key"]
+    body = {"model": "fast", "messages": MESSAGES}
+    lost = []
+    for i in range(200):
+        if time.time() % 60 > 58:  # both requests of a pair in one minute window
+            time.sleep(61 - time.time() % 60)
+        user = f"pair-{i}-{time.time_ns()}"
+        clients = [httpx.Client(timeout=30) for _ in range(2)]
+        results = [None, None]
+        try:
+            for client in clients:  # connected first, so the two race only in Weir
+                client.get(lim.url + "/v1/models", headers={"authorization": f"Bearer {key}"})
+            start = threading.Barrier(2)
+
+            def send(j: int) -> None:
+                start.wait()
+                r = clients[j].post(lim.url + "/v1/chat/completions", json=body,
+                                    headers={"authorization": f"Bearer {key}", "x-weir-user": user})
+                results[j] = (r.status_code, r.headers.get("x-ratelimit-remaining-requests"))
+
+            threads = [threading.Thread(target=send, args=(j,)) for j in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            for client in clients:
+                client.close()
+        if sorted(results) != [(200, "1"), (200, "2")]:
+            lost.append((user, results))
+    assert not lost, f"{len(lost)} of 200 pairs lost a count: {lost[:3]}"
 
 
 def test_counters_agree_with_the_audit_records_across_workers(lim):
