@@ -11,7 +11,7 @@ TARGET := wasm32-wasip1
 BINARYEN_VERSION := 132.0.0
 WASM_OPT := target/tools/binaryen-$(BINARYEN_VERSION)/node_modules/.bin/wasm-opt
 
-.PHONY: help run test unit policy-test integration soak bench bench-scaling profile lint fmt wasm bins venv wasm-target clean
+.PHONY: help run test unit policy-test integration soak bench bench-split bench-scaling profile lint fmt wasm bins venv wasm-target clean
 
 help:
 	@echo "make run    build Weir and start Envoy with it in front of the mock (or real) providers"
@@ -19,6 +19,7 @@ help:
 	@echo "make wasm   build $(WASM) (WEIR_OPT=speed: faster, larger)"
 	@echo "make lint   cargo fmt --check and clippy (host and wasm)"
 	@echo "make bench  plain Envoy vs Envoy + Weir, side by side (BENCH_SECONDS per run, default 5)"
+	@echo "make bench-split  the buffered path only, and where each proxy's CPU goes (Weir's Wasm, Envoy, kernel; needs perf)"
 	@echo "make bench-scaling  cost as keys, policy rules, body size and stream length grow; memory per worker"
 	@echo "make profile  the filter's hot functions: the module under wasmtime with a stub host, with perf"
 	@echo "make soak   mixed traffic for SOAK_SECONDS (240): no unexpected errors, flat memory, one record per request"
@@ -81,6 +82,10 @@ integration: wasm bins venv
 bench: wasm bins venv
 	cargo build --profile bench-tools --bin weir-load
 	$(PY) tools/bench.py
+
+bench-split: wasm bins venv
+	cargo build --profile bench-tools --bin weir-load
+	$(PY) tools/bench.py --only buffered --split
 
 bench-scaling: wasm bins venv
 	cargo build --profile bench-tools --bin weir-load

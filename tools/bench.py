@@ -6,6 +6,11 @@ plain Envoy proxying to it, and Envoy + Weir (sample configuration: auth, the `s
 policy, tier rewrite, usage, audit) proxying to it. Each proxy has one worker. For each
 scenario and connection count, weir-load drives the proxy for a fixed time; CPU per
 request comes from the proxy's /proc/PID/stat. Prints a table and writes JSON.
+
+`--split` (`make bench-split`) adds where each proxy's CPU goes, from `perf record` samples
+on the full buffered path at 16 connections: the filter's own code (V8's compiled Wasm, which
+perf sees as anonymous "[JIT]" memory), Envoy's binary (its C++, V8's runtime and the Wasm host
+functions), the kernel and shared libraries.
 """
 from __future__ import annotations
 
@@ -181,9 +186,8 @@ def run_load(proxy, workdir: Path, scenario: str, connections: int, seconds: flo
     return measure(proxy, workdir, scenario, method, path, body, headers, connections, seconds, warmup)
 
 
-def measure(proxy, workdir: Path, label: str, method: str, path: str, body, headers: list[str],
-            connections: int, seconds: float, warmup: float) -> dict:
-    """Drives `proxy` with weir-load; adds the proxy's CPU time per request."""
+def load_command(proxy, workdir: Path, label: str, method: str, path: str, body, headers: list[str],
+                 connections: int, seconds: float, warmup: float) -> list[str]:
     args = [str(LOAD), "--addr", f"127.0.0.1:{proxy.port}", "--method", method, "--path", path,
             "--connections", str(connections), "--seconds", str(seconds), "--warmup", str(warmup)]
     if body is not None:
@@ -192,6 +196,13 @@ def measure(proxy, workdir: Path, label: str, method: str, path: str, body, head
         args += ["--body", str(body_file)]
     for h in headers:
         args += ["--header", h]
+    return args
+
+
+def measure(proxy, workdir: Path, label: str, method: str, path: str, body, headers: list[str],
+            connections: int, seconds: float, warmup: float) -> dict:
+    """Drives `proxy` with weir-load; adds the proxy's CPU time per request."""
+    args = load_command(proxy, workdir, label, method, path, body, headers, connections, seconds, warmup)
     pid = proxy.proc.pid
     load = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
     time.sleep(warmup)
@@ -203,6 +214,74 @@ def measure(proxy, workdir: Path, label: str, method: str, path: str, body, head
     return result
 
 
+# Where a sample ran, by perf's "dso" (shared object) name.
+SPLIT_PARTS = {
+    "wasm": "Weir's compiled Wasm code ([JIT])",
+    "envoy": "Envoy's binary (C++, V8 runtime, host functions)",
+    "kernel": "kernel",
+    "libs": "shared libraries (libc, vdso)",
+}
+
+
+def split_part(dso: str) -> str:
+    if dso.startswith("[JIT]"):
+        return "wasm"
+    if dso.startswith("[kernel"):
+        return "kernel"
+    if dso.startswith("lib") or dso == "[vdso]":
+        return "libs"
+    return "envoy"
+
+
+def cpu_split(proxy, workdir: Path, scenario: str, seconds: float) -> dict:
+    """CPU per request of `proxy` under load, and its shares by code region (perf samples)."""
+    # Load for longer than perf records: from 1.5 s in to the end of the recording.
+    args = load_command(proxy, workdir, scenario, *SCENARIOS[scenario], 16, seconds + 2, 1)
+    data = workdir / f"perf-{proxy.proc.pid}.data"
+    load = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)
+        cpu0 = cpu_seconds(proxy.proc.pid)
+        started = time.monotonic()
+        # 999 Hz, no call graphs: a percent or so of the proxy's CPU.
+        perf = subprocess.run(["perf", "record", "-F", "999", "-o", str(data), "-p", str(proxy.proc.pid),
+                               "--", "sleep", str(seconds)], capture_output=True, text=True)
+        cpu_s, wall_s = cpu_seconds(proxy.proc.pid) - cpu0, time.monotonic() - started
+    finally:
+        out, _ = load.communicate(timeout=seconds + 60)
+    if perf.returncode != 0:
+        raise RuntimeError(f"perf record failed: {perf.stderr.strip()[-300:]}")
+    rps = json.loads(out)["rps"]
+    report = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort", "dso", "--stdio",
+                             "-g", "none"], capture_output=True, text=True, check=True).stdout
+    cpu_us = cpu_s * 1e6 / max(rps * wall_s, 1)
+    shares = {part: 0.0 for part in SPLIT_PARTS}
+    for line in report.splitlines():
+        if "%" not in line or line.lstrip().startswith("#"):
+            continue
+        percent, dso = line.split("%", 1)
+        shares[split_part(dso.strip())] += float(percent)
+    return {"rps": round(rps), "cpu_us_per_request": round(cpu_us, 1),
+            "us_per_request": {part: round(cpu_us * share / 100, 1) for part, share in shares.items()}}
+
+
+def split_table(split: dict) -> str:
+    plain, weir = split["plain"], split["weir"]
+    lines = [
+        f"Where the CPU goes (`{split['scenario']}`, 16 connections, perf samples; "
+        f"plain {plain['rps']} rps, weir {weir['rps']} rps):",
+        "",
+        "| code | plain µs/req | weir µs/req | added µs/req |",
+        "|---|---|---|---|",
+    ]
+    for part, label in SPLIT_PARTS.items():
+        p, w = plain["us_per_request"][part], weir["us_per_request"][part]
+        lines.append(f"| {label} | {p:.1f} | {w:.1f} | {w - p:+.1f} |")
+    lines.append(f"| all | {plain['cpu_us_per_request']:.1f} | {weir['cpu_us_per_request']:.1f} | "
+                 f"{weir['cpu_us_per_request'] - plain['cpu_us_per_request']:+.1f} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS", "5")))
@@ -210,7 +289,11 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=devstack.ROOT / "target/bench/results.json")
     parser.add_argument("--only", default=os.environ.get("BENCH_ONLY", ""),
                         help="comma-separated scenarios to run (default: all)")
+    parser.add_argument("--split", action="store_true", default=os.environ.get("BENCH_SPLIT") == "1",
+                        help="also measure where the CPU goes (needs perf)")
     args = parser.parse_args()
+    if args.split and not shutil.which("perf"):
+        parser.error("--split needs perf (Debian: linux-perf)")
     workdir = Path(tempfile.mkdtemp(prefix="weir-bench-"))
     upstream = Envoy(workdir, "upstream", upstream_yaml(workdir))
     plain = Envoy(workdir, "plain", plain_yaml(upstream.port))
@@ -257,6 +340,10 @@ def main() -> int:
                 results["runs"].append(row)
                 print(f"{scenario:9} c={connections:<2} plain {p['rps']:8.0f} rps  weir {w['rps']:8.0f} rps  "
                       f"ratio {row['rps_ratio']}", file=sys.stderr, flush=True)
+        if args.split:
+            results["split"] = {"scenario": "buffered",
+                                "plain": cpu_split(plain, workdir, "buffered", args.seconds),
+                                "weir": cpu_split(weir, workdir, "buffered", args.seconds)}
         results["rss_mb"] = {"plain": round(rss_mb(plain.proc.pid), 1), "weir": round(rss_mb(weir.envoy.pid), 1),
                              "upstream": round(rss_mb(upstream.proc.pid), 1)}
     finally:
@@ -268,6 +355,9 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
     print(table(results))
+    if "split" in results:
+        print()
+        print(split_table(results["split"]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"\nJSON: {args.out}")
