@@ -28,6 +28,9 @@ pub enum ErrorKind {
     RateLimited,
     /// 500: Weir itself failed; the request is not forwarded.
     Internal,
+    /// 502: the provider's answer cannot be given to the client (e.g. it is content-encoded
+    /// and had to be translated).
+    BadGateway,
     /// 503: a store Weir needs (the limit counters) is unavailable and Weir fails closed.
     Unavailable,
 }
@@ -77,6 +80,7 @@ impl GatewayError {
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::UnsupportedMediaType => 415,
             ErrorKind::Internal => 500,
+            ErrorKind::BadGateway => 502,
             ErrorKind::Unavailable => 503,
         }
     }
@@ -98,6 +102,7 @@ impl GatewayError {
             ErrorKind::PayloadTooLarge => "request_too_large",
             ErrorKind::UnsupportedMediaType => "unsupported_media_type",
             ErrorKind::Internal => "internal_error",
+            ErrorKind::BadGateway => "bad_gateway",
             ErrorKind::Conflict => "conflict",
             ErrorKind::Unavailable => "unavailable",
         }
@@ -108,7 +113,9 @@ impl GatewayError {
         let value = match api {
             Api::Openai => {
                 let error_type = match self.kind {
-                    ErrorKind::Internal | ErrorKind::Unavailable => "server_error",
+                    ErrorKind::Internal | ErrorKind::BadGateway | ErrorKind::Unavailable => {
+                        "server_error"
+                    }
                     ErrorKind::Forbidden => "permission_error",
                     ErrorKind::RateLimited => "rate_limit_error",
                     ErrorKind::PaymentRequired => "insufficient_quota",
@@ -133,7 +140,7 @@ impl GatewayError {
                     ErrorKind::RateLimited => "rate_limit_error",
                     ErrorKind::ModelNotFound | ErrorKind::EndpointNotFound => "not_found_error",
                     ErrorKind::PayloadTooLarge => "request_too_large",
-                    ErrorKind::Internal => "api_error",
+                    ErrorKind::Internal | ErrorKind::BadGateway => "api_error",
                     ErrorKind::Unavailable => "overloaded_error",
                     ErrorKind::Conflict => "invalid_request_error",
                 };
@@ -171,5 +178,18 @@ mod tests {
         assert_eq!(v["error"]["type"], "authentication_error");
         assert_eq!(v["error"]["message"], "no key");
         assert_eq!(e.status(), 401);
+    }
+
+    #[test]
+    fn a_bad_gateway_is_the_providers_fault_in_both_shapes() {
+        let e = GatewayError::new(ErrorKind::BadGateway, "encoded")
+            .with_code("provider_answer_encoded");
+        assert_eq!(e.status(), 502);
+        let openai: Value = serde_json::from_slice(&e.render(Api::Openai)).unwrap();
+        assert_eq!(openai["error"]["type"], "server_error");
+        assert_eq!(openai["error"]["code"], "provider_answer_encoded");
+        let anthropic: Value = serde_json::from_slice(&e.render(Api::Anthropic)).unwrap();
+        assert_eq!(anthropic["error"]["type"], "api_error");
+        assert_eq!(anthropic["error"]["message"], "encoded");
     }
 }

@@ -122,6 +122,7 @@ impl WeirHttp {
             .map_err(|s| self.internal("replacing the request body", s))?;
 
         self.set_route_headers(gateway.as_ref(), &plan)?;
+        self.ask_for_unencoded_answers()?;
         if let Some((name, value)) = &provider.credential_header {
             host::set_header(REQUEST_HEADERS, name, &value.0)
                 .map_err(|s| self.internal("setting the provider credential", s))?;
@@ -174,6 +175,20 @@ impl WeirHttp {
         }
         Ok(())
     }
+    /// Weir reads every answer it forwards (usage, translation, metadata), and the providers
+    /// compress JSON answers for clients that accept it (the official SDKs do): the provider
+    /// is asked for an unencoded one. Identity is always acceptable to the client; Envoy's
+    /// compressor filter can compress toward it.
+    fn ask_for_unencoded_answers(&mut self) -> Result<(), Action> {
+        match self.headers.get("accept-encoding") {
+            None => Ok(()),
+            Some(value) if value.eq_ignore_ascii_case(b"identity") => Ok(()),
+            Some(_) => self
+                .headers
+                .set("accept-encoding", "identity")
+                .map_err(|s| self.internal("asking for an unencoded answer", s)),
+        }
+    }
     /// Sends a request to a target of the other API: the body translated, the path,
     /// version and credential of the provider.
     pub(super) fn forward_translated(
@@ -217,6 +232,7 @@ impl WeirHttp {
         host::set_header(REQUEST_HEADERS, ":path", path)
             .map_err(|s| self.internal("setting the path", s))?;
         self.set_route_headers(gateway, plan)?;
+        self.ask_for_unencoded_answers()?;
         for name in ["authorization", "x-api-key", "api-key"] {
             self.headers
                 .remove(name)

@@ -128,6 +128,9 @@ pub struct WeirHttp {
     response_complete: bool,
     /// Buffer the (JSON) response to add the `weir` metadata object.
     inject_metadata: bool,
+    /// The provider's answer is content-encoded (it ignored `accept-encoding: identity`):
+    /// its usage cannot be read, nor can it be translated.
+    encoded_answer: bool,
     /// Usage and cost have been taken from the meter.
     settled: bool,
     /// The decision given by the advice endpoint.
@@ -171,6 +174,7 @@ impl WeirHttp {
             meter: None,
             response_complete: false,
             inject_metadata: false,
+            encoded_answer: false,
             settled: false,
             advised: None,
             client_request_id: false,
@@ -624,49 +628,64 @@ impl HttpContext for WeirHttp {
         }
         let content_type = headers.get("content-type").unwrap_or_default().to_vec();
         let streaming = content_type.starts_with(b"text/event-stream");
-        // An OpenAI client gets exactly the stream it asked for: without the usage chunk
-        // Weir (or a translated attempt) asked for, unless it asked itself.
-        let strip = self.api == Api::Openai
-            && self.provider_api == Api::Openai
-            && !self.client_include_usage;
-        let meter = ResponseMeter::new(self.provider_api, streaming, MAX_METERED_JSON, strip);
-        if let Some(include_usage) = self.translating {
-            let created = host::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            if streaming {
-                self.stream_translator = Some(match self.api {
-                    Api::Openai => StreamTranslation::ToOpenAi(AnthropicToOpenAiStream::new(
-                        created,
-                        include_usage,
-                    )),
-                    Api::Anthropic => {
-                        StreamTranslation::ToAnthropic(OpenAiToAnthropicStream::new())
-                    }
-                });
+        self.encoded_answer = headers
+            .get("content-encoding")
+            .is_some_and(|e| !e.eq_ignore_ascii_case(b"identity"));
+        if self.encoded_answer {
+            // Weir asked for identity (`ask_for_unencoded_answers`); a provider that encodes
+            // anyway is passed through unmetered, or refused when it needed translating.
+            if self.translating.is_some() {
+                self.refuse_encoded_translation(&mut headers);
             }
-            if let Err(s) = headers.remove("content-length") {
-                log::warn!("weir: could not remove the response content-length (host status {s})");
+        } else {
+            // An OpenAI client gets exactly the stream it asked for: without the usage chunk
+            // Weir (or a translated attempt) asked for, unless it asked itself.
+            let strip = self.api == Api::Openai
+                && self.provider_api == Api::Openai
+                && !self.client_include_usage;
+            let meter = ResponseMeter::new(self.provider_api, streaming, MAX_METERED_JSON, strip);
+            if let Some(include_usage) = self.translating {
+                let created = host::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                if streaming {
+                    self.stream_translator = Some(match self.api {
+                        Api::Openai => StreamTranslation::ToOpenAi(AnthropicToOpenAiStream::new(
+                            created,
+                            include_usage,
+                        )),
+                        Api::Anthropic => {
+                            StreamTranslation::ToAnthropic(OpenAiToAnthropicStream::new())
+                        }
+                    });
+                }
+                if let Err(s) = headers.remove("content-length") {
+                    log::warn!(
+                        "weir: could not remove the response content-length (host status {s})"
+                    );
+                }
             }
+            let success = headers.get(":status").is_some_and(|s| s.starts_with(b"2"));
+            self.inject_metadata = self.translating.is_none()
+                && !streaming
+                && !end_of_stream
+                && success
+                && content_type.starts_with(b"application/json")
+                && self
+                    .gateway
+                    .as_ref()
+                    .is_some_and(|g| g.settings.response_metadata);
+            if meter.rewrites() || self.inject_metadata {
+                // The body changes length.
+                if let Err(s) = headers.remove("content-length") {
+                    log::warn!(
+                        "weir: could not remove the response content-length (host status {s})"
+                    );
+                }
+            }
+            self.meter = Some(meter);
         }
-        let success = headers.get(":status").is_some_and(|s| s.starts_with(b"2"));
-        self.inject_metadata = self.translating.is_none()
-            && !streaming
-            && !end_of_stream
-            && success
-            && content_type.starts_with(b"application/json")
-            && self
-                .gateway
-                .as_ref()
-                .is_some_and(|g| g.settings.response_metadata);
-        if meter.rewrites() || self.inject_metadata {
-            // The body changes length.
-            if let Err(s) = headers.remove("content-length") {
-                log::warn!("weir: could not remove the response content-length (host status {s})");
-            }
-        }
-        self.meter = Some(meter);
         for (name, value) in self.ratelimit_headers() {
             let _ = host::set_header(RESPONSE_HEADERS, &name, &value);
         }
@@ -708,6 +727,10 @@ impl HttpContext for WeirHttp {
             return self.translate_response(body_size, end_of_stream);
         }
         let Some(meter) = &mut self.meter else {
+            // Not metered (an encoded answer): passed through whole.
+            if end_of_stream {
+                self.response_complete = true;
+            }
             return Action::Continue;
         };
         let chunk = if body_size > 0 {

@@ -24,7 +24,11 @@ impl WeirHttp {
             return;
         };
         let Some(usage) = self.record.usage else {
-            self.record.cost_status = Some("no_usage");
+            self.record.cost_status = Some(if self.encoded_answer {
+                "encoded_answer"
+            } else {
+                "no_usage"
+            });
             return;
         };
         match gateway.price(
@@ -107,9 +111,41 @@ impl WeirHttp {
         };
         self.record.duration_ms = millis(now.duration_since(self.started).unwrap_or_default());
     }
+    /// A translated request's answer arrived content-encoded: the client gets a 502 in its
+    /// own API's shape instead (the body is replaced in `translate_response`).
+    pub(super) fn refuse_encoded_translation(&mut self, headers: &mut HeaderSnapshot) {
+        self.record.error = Some("provider_answer_encoded");
+        for result in [
+            headers.set(":status", "502"),
+            headers.set("content-type", "application/json"),
+            headers.remove("content-encoding"),
+            headers.remove("content-length"),
+        ] {
+            if let Err(s) = result {
+                log::warn!("weir: could not refuse an encoded answer (host status {s})");
+            }
+        }
+    }
     /// A translated request's response, back in the client's API: streams event by event,
     /// buffered bodies (answers and errors) whole.
     pub(super) fn translate_response(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.encoded_answer {
+            // Refused in the headers phase: the whole answer is replaced by the error.
+            if !end_of_stream {
+                return Action::Pause;
+            }
+            let error = GatewayError::new(
+                ErrorKind::BadGateway,
+                "The provider sent a content-encoded answer, which Weir cannot translate \
+                 to this API.",
+            )
+            .with_code("provider_answer_encoded");
+            if let Err(s) = host::set_buffer(RESPONSE_BODY, 0, body_size, &error.render(self.api)) {
+                log::warn!("weir: could not replace the encoded answer (host status {s})");
+            }
+            self.response_complete = true;
+            return Action::Continue;
+        }
         if self.stream_translator.is_none() && !end_of_stream {
             return Action::Pause; // Envoy buffers; the body is translated whole.
         }
