@@ -112,6 +112,55 @@ def test_unknown_model_is_flagged_unpriced_not_free(acct, rid):
     assert (record["cost"], record["cost_status"]) == (None, "unpriced")
 
 
+def test_providers_compress_for_sdks_so_weir_asks_for_plain_answers(acct, rid):
+    # The mock answers as the real APIs do: gzip for a client that accepts it.
+    direct = httpx.post(acct.stack.mock_url("openai") + "/v1/chat/completions",
+                        json={"model": "gpt-4o-mini", "messages": MESSAGES}, timeout=30,
+                        headers={"authorization": "Bearer mock-openai-credential", "accept-encoding": "gzip"})
+    assert direct.headers["content-encoding"] == "gzip" and direct.json()["usage"]["total_tokens"] > 0
+    # The SDKs accept gzip: through Weir, their answers are still metered and priced.
+    sdk = openai.OpenAI(base_url=acct.url + "/v1", api_key=DEMO_KEY, max_retries=0)
+    completion = sdk.chat.completions.create(
+        model="fast", messages=MESSAGES,
+        extra_headers={"x-weir-request-id": rid, "accept-encoding": "gzip, deflate"})
+    claude = anthropic.Anthropic(base_url=acct.url, api_key=DEMO_KEY, max_retries=0)
+    message = claude.messages.create(
+        model="balanced", max_tokens=50, messages=MESSAGES,
+        extra_headers={"x-weir-request-id": rid + "-claude", "accept-encoding": "gzip, deflate"})
+    for request_id, usage, model in [(rid, completion.usage.total_tokens, "gpt-4o-mini"),
+                                     (rid + "-claude", message.usage.output_tokens, "claude-sonnet-4-5")]:
+        [received] = acct.received(request_id)
+        assert received["headers"]["accept-encoding"] == "identity"
+        record = acct.audit(request_id)
+        assert usage > 0 and usage in (record["usage"]["total_tokens"], record["usage"]["completion_tokens"])
+        assert_cost(record, model)
+
+
+def test_an_answer_encoded_anyway_passes_unmetered_and_says_so(acct, rid):
+    # A provider that ignores `accept-encoding: identity`: the client (which accepts gzip)
+    # gets the answer as sent; the record says why it has no usage.
+    response = httpx.post(acct.url + "/v1/chat/completions", json={"model": "fast", "messages": MESSAGES},
+                          headers={**AUTH, "x-weir-request-id": rid, "x-mock-gzip": "always"}, timeout=30)
+    assert response.status_code == 200 and response.headers["content-encoding"] == "gzip"
+    assert response.json()["usage"]["total_tokens"] > 0
+    record = acct.audit(rid)
+    assert (record["usage"], record["cost"], record["cost_status"]) == (None, None, "encoded_answer")
+    assert record["outcome"] == "completed"
+
+
+def test_an_encoded_answer_that_needs_translating_is_a_502_in_the_clients_shape(acct, rid):
+    response = httpx.post(acct.url + "/v1/chat/completions",
+                          json={"model": "anthropic/claude-haiku-4-5", "messages": MESSAGES},
+                          headers={**AUTH, "x-weir-request-id": rid, "x-mock-gzip": "always"}, timeout=30)
+    assert response.status_code == 502 and "content-encoding" not in response.headers
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("server_error", "provider_answer_encoded")
+    assert "content-encoded" in error["message"]
+    record = acct.audit(rid)
+    assert (record["status"], record["error"], record["cost_status"]) == (502, "provider_answer_encoded", "encoded_answer")
+    assert record["outcome"] == "upstream_error"
+
+
 def normalise(stream: bytes) -> str:
     text = stream.decode()
     text = re.sub(r'"id":"chatcmpl-mock\d+"', '"id":"X"', text)

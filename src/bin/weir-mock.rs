@@ -15,7 +15,11 @@
 //! `x-mock-chunk-delay-ms: N` wait between stream events;
 //! `x-mock-drop-after: N` reset the connection after N stream events (0: before any response);
 //! `x-mock-cached-tokens: N`, `x-mock-reasoning-tokens: N` report cache / reasoning tokens;
-//! `x-mock-reply-words: N` answer with N words (a stream of N events; for the benchmark).
+//! `x-mock-reply-words: N` answer with N words (a stream of N events; for the benchmark);
+//! `x-mock-gzip: always` gzip the JSON answer even when the request does not accept gzip.
+//!
+//! Like the real APIs, JSON answers are gzipped when the request's `accept-encoding`
+//! accepts gzip (streams are not).
 //!
 //! Control: `GET /_mock/requests[?request_id=ID]` lists what was received (JSON),
 //! `DELETE /_mock/requests` forgets it, `GET /_mock/health` answers `ok`.
@@ -121,7 +125,7 @@ async fn main() -> io::Result<()> {
                 let state = state.clone();
                 let name = name.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| handle(req, state.clone(), name.clone()));
+                    let service = service_fn(move |req| encoded(req, state.clone(), name.clone()));
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
@@ -139,6 +143,39 @@ fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
 
 fn header_num(req: &Request<Incoming>, name: &str) -> Option<u64> {
     header(req, name).and_then(|v| v.trim().parse().ok())
+}
+
+/// `handle`'s answer, gzipped when the request accepts gzip (or `x-mock-gzip: always`) and
+/// the answer is JSON: what api.openai.com does for the official SDKs.
+async fn encoded(
+    req: Request<Incoming>,
+    state: Arc<State>,
+    listener: String,
+) -> Result<Response<Body>, io::Error> {
+    let accepts_gzip = header(&req, "accept-encoding").is_some_and(|v| {
+        v.split(',')
+            .any(|c| c.split(';').next().unwrap_or("").trim() == "gzip")
+    });
+    let gzip = accepts_gzip || header(&req, "x-mock-gzip") == Some("always");
+    let response = handle(req, state, listener).await?;
+    let json = response
+        .headers()
+        .get("content-type")
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
+    if !gzip || !json {
+        return Ok(response);
+    }
+    let (mut parts, body) = response.into_parts();
+    let plain = body.collect().await?.to_bytes();
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    io::Write::write_all(&mut encoder, &plain)?;
+    let compressed = encoder.finish()?;
+    parts.headers.remove("content-length");
+    parts.headers.insert(
+        "content-encoding",
+        hyper::header::HeaderValue::from_static("gzip"),
+    );
+    Ok(Response::from_parts(parts, full(compressed)))
 }
 
 async fn handle(
