@@ -8,7 +8,8 @@ pub enum Endpoint {
     ChatCompletions,
     /// `POST /v1/messages` (Anthropic).
     Messages,
-    /// `GET /v1/models`: what the caller may use, answered by Weir itself.
+    /// `GET /v1/models` (what the caller may use) and `GET /v1/models/{id}` (one of them),
+    /// answered by Weir itself.
     Models,
     /// `POST /v1/weir/advice`: the decision and route for a request, without calling a provider.
     Advice,
@@ -35,6 +36,7 @@ impl Endpoint {
             "/v1/embeddings" => Some(Endpoint::Embeddings),
             "/v1/completions" => Some(Endpoint::Completions),
             "/v1/responses" => Some(Endpoint::Responses),
+            p if model_id(p).is_some() => Some(Endpoint::Models),
             _ => None,
         }
     }
@@ -86,6 +88,14 @@ impl Endpoint {
             _ => "POST",
         }
     }
+}
+
+/// The id in `GET /v1/models/{id}` (`path` without its query), if the path is one.
+pub fn model_id(path: &str) -> Option<&str> {
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let path = path.strip_suffix('/').unwrap_or(path);
+    path.strip_prefix("/v1/models/")
+        .filter(|id| !id.is_empty() && !id.contains('/'))
 }
 
 /// Query parameters that carry credentials in some clients: removed before forwarding
@@ -169,6 +179,15 @@ mod tests {
         assert_eq!(error_api("/v1/x", true), Api::Anthropic);
         assert_eq!(error_api("/v1/x", false), Api::Openai);
         assert_eq!(Endpoint::classify("/v1/models"), Some(Endpoint::Models));
+        assert_eq!(
+            Endpoint::classify("/v1/models/fast?x=1"),
+            Some(Endpoint::Models)
+        );
+        assert_eq!(model_id("/v1/models/fast/"), Some("fast"));
+        assert_eq!(model_id("/v1/models"), None);
+        assert_eq!(model_id("/v1/models/"), None);
+        assert_eq!(model_id("/v1/models/openai/gpt-4o"), None);
+        assert_eq!(Endpoint::classify("/v1/models/openai/gpt-4o"), None);
         assert_eq!(
             strip_credential_params("/v1/x?api_key=s&api-version=1"),
             Some("/v1/x?api-version=1".into())

@@ -116,6 +116,22 @@ def test_models_lists_what_each_key_may_use_in_both_formats(keys):
     raw = httpx.get(keys.url + "/v1/models", headers={"x-api-key": narrow, "anthropic-version": "2023-06-01"}).json()
     assert raw["has_more"] is False and (raw["first_id"], raw["last_id"]) == ("fast", "local")
 
+    # One model, as the SDKs retrieve it: exactly what the list shows the key.
+    sdk = openai.OpenAI(base_url=keys.url + "/v1", api_key=narrow, max_retries=0)
+    model = sdk.models.retrieve("fast")
+    assert (model.id, model.object, model.owned_by) == ("fast", "model", "weir")
+    for hidden in ["best", "fastest", "gpt-4o-mini"]:  # outside the scopes, unknown, a provider's
+        with pytest.raises(openai.NotFoundError) as raised:
+            sdk.models.retrieve(hidden)
+        assert raised.value.code == "model_not_found"
+        assert f"`{hidden}` does not exist or this key may not use it" in raised.value.message
+    claude = anthropic.Anthropic(base_url=keys.url, api_key=narrow, max_retries=0)
+    assert (claude.models.retrieve("local").id, claude.models.retrieve("local").type) == ("local", "model")
+    with pytest.raises(anthropic.NotFoundError) as raised:
+        claude.models.retrieve("best")
+    assert raised.value.body["error"]["type"] == "not_found_error"
+    assert openai.OpenAI(base_url=keys.url + "/v1", api_key=wide, max_retries=0).models.retrieve("best").id == "best"
+
     # A name outside the key's scopes is 403; one inside them but unknown is 404, listing
     # only what the key may use.
     assert keys.chat(narrow, model="nope").status_code == 403

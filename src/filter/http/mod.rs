@@ -438,7 +438,7 @@ impl WeirHttp {
                     ErrorKind::EndpointNotFound,
                     format!(
                         "Unknown request URL: {} {}. Weir serves POST /v1/chat/completions, /v1/messages, \
-                         /v1/embeddings, /v1/completions, /v1/responses and GET /v1/models.",
+                         /v1/embeddings, /v1/completions, /v1/responses and GET /v1/models[/ID].",
                         printable(&self.record.method),
                         printable(&self.record.path)
                     ),
@@ -507,11 +507,27 @@ impl WeirHttp {
             return self.pass_through(&gateway);
         }
         if endpoint == Endpoint::Models {
-            // OpenAI's list format, or Anthropic's when the client sent `anthropic-version`.
+            // OpenAI's shapes, or Anthropic's when the client sent `anthropic-version`.
             let api = self.api;
-            let body = scopes_of(&gateway, &self.caller)
-                .map(|scopes| models::list_body(&gateway, scopes, api))
-                .unwrap_or_default();
+            let Some(scopes) = scopes_of(&gateway, &self.caller) else {
+                return Err(self.internal("reading the caller's scopes", 0));
+            };
+            let body = match crate::endpoint::model_id(&path) {
+                None => models::list_body(&gateway, scopes, api),
+                Some(id) => match models::model_body(&gateway, scopes, api, id) {
+                    Some(body) => body,
+                    None => {
+                        let message = format!(
+                            "The model `{}` does not exist or this key may not use it.",
+                            printable(id)
+                        );
+                        return Err(self.reject(
+                            GatewayError::new(ErrorKind::ModelNotFound, message)
+                                .with_param(Some("model")),
+                        ));
+                    }
+                },
+            };
             return Err(self.answer(&body));
         }
         if end_of_stream {
