@@ -8,6 +8,9 @@ pub enum Endpoint {
     ChatCompletions,
     /// `POST /v1/messages` (Anthropic).
     Messages,
+    /// `POST /v1/messages/count_tokens` (Anthropic; Claude Code calls it every turn): sent
+    /// to the tier's Anthropic target, not metered, not counted against limits.
+    CountTokens,
     /// `GET /v1/models` (what the caller may use) and `GET /v1/models/{id}` (one of them),
     /// answered by Weir itself.
     Models,
@@ -31,6 +34,7 @@ impl Endpoint {
         match path {
             "/v1/chat/completions" => Some(Endpoint::ChatCompletions),
             "/v1/messages" => Some(Endpoint::Messages),
+            "/v1/messages/count_tokens" => Some(Endpoint::CountTokens),
             "/v1/models" => Some(Endpoint::Models),
             "/v1/weir/advice" => Some(Endpoint::Advice),
             "/v1/embeddings" => Some(Endpoint::Embeddings),
@@ -50,7 +54,7 @@ impl Endpoint {
             | Endpoint::Completions
             | Endpoint::Responses
             | Endpoint::Passthrough => Some(Api::Openai),
-            Endpoint::Messages => Some(Api::Anthropic),
+            Endpoint::Messages | Endpoint::CountTokens => Some(Api::Anthropic),
             Endpoint::Models | Endpoint::Advice => None,
         }
     }
@@ -59,6 +63,7 @@ impl Endpoint {
         match self {
             Endpoint::ChatCompletions => "chat_completions",
             Endpoint::Messages => "messages",
+            Endpoint::CountTokens => "count_tokens",
             Endpoint::Models => "models",
             Endpoint::Advice => "advice",
             Endpoint::Embeddings => "embeddings",
@@ -68,10 +73,12 @@ impl Endpoint {
         }
     }
 
-    /// The scope a key needs to call this endpoint: its name, but `chat` for chat completions.
+    /// The scope a key needs to call this endpoint: its name, but `chat` for chat completions
+    /// and `messages` for counting a message's tokens.
     pub fn scope(self) -> &'static str {
         match self {
             Endpoint::ChatCompletions => "chat",
+            Endpoint::CountTokens => "messages",
             other => other.name(),
         }
     }
@@ -179,6 +186,12 @@ mod tests {
         assert_eq!(error_api("/v1/x", true), Api::Anthropic);
         assert_eq!(error_api("/v1/x", false), Api::Openai);
         assert_eq!(Endpoint::classify("/v1/models"), Some(Endpoint::Models));
+        let count = Endpoint::classify("/v1/messages/count_tokens?beta=true");
+        assert_eq!(count, Some(Endpoint::CountTokens));
+        assert_eq!(
+            count.map(|e| (e.api(), e.scope(), e.method())),
+            Some((Some(Api::Anthropic), "messages", "POST"))
+        );
         assert_eq!(
             Endpoint::classify("/v1/models/fast?x=1"),
             Some(Endpoint::Models)

@@ -261,6 +261,34 @@ def test_anthropic_sdk_buffered_and_streamed(weir, rid):
     assert record["usage"]["completion_tokens"] == final.usage.output_tokens
 
 
+def test_anthropic_sdk_counts_tokens_on_the_tiers_anthropic_model(weir, rid):
+    """Claude Code calls `POST /v1/messages/count_tokens?beta=true` every turn."""
+    client = anthropic.Anthropic(base_url=weir.url, api_key=DEMO_KEY, max_retries=0)
+    counted = client.messages.count_tokens(model="balanced", messages=MESSAGES, system="Be brief.",
+                                           extra_headers={"x-weir-request-id": rid})
+    message = client.messages.create(model="balanced", max_tokens=20, messages=MESSAGES, system="Be brief.")
+    assert counted.input_tokens == message.usage.input_tokens > 0
+    [received] = weir.received(rid)
+    assert (received["listener"], received["path"]) == ("anthropic", "/v1/messages/count_tokens")
+    assert json.loads(received["body"])["model"] == "claude-sonnet-4-5"
+    assert received["headers"]["x-api-key"] == "mock-anthropic-credential"
+    assert_no_client_key([received])
+    record = weir.audit(rid)
+    assert (record["endpoint"], record["provider"], record["served_model"]) == ("count_tokens", "anthropic", "claude-sonnet-4-5")
+    assert (record["outcome"], record["usage"], record["cost"]) == ("completed", None, None)
+    # Claude Code's form: the beta method, `?beta=true`.
+    beta = client.beta.messages.count_tokens(model="fast", messages=MESSAGES)
+    assert beta.input_tokens > 0
+    # A tier with no Anthropic model: a 404, so the client estimates for itself rather than
+    # trusting a made-up count.
+    with pytest.raises(anthropic.NotFoundError) as raised:
+        client.messages.count_tokens(model="local", messages=MESSAGES, extra_headers={"x-weir-request-id": rid + "-local"})
+    assert raised.value.body["error"]["type"] == "not_found_error"
+    assert "Token counting needs an Anthropic model" in raised.value.body["error"]["message"]
+    assert weir.received(rid + "-local") == []
+    assert weir.audit(rid + "-local")["status"] == 404
+
+
 def test_anthropic_errors_are_in_anthropic_shape(weir, rid):
     client = anthropic.Anthropic(base_url=weir.url, api_key="wk_live_wrong", max_retries=0)
     with pytest.raises(anthropic.AuthenticationError) as raised:

@@ -52,10 +52,14 @@ calls = 3
 
 [limits.per_user]
 requests_per_minute = 3
+
+[limits.keys.ct-key]
+requests_per_minute = 3
 ''')
     keys = {}
     for key_id, team in [("rl-key", "rl"), ("count-key", "count"), ("tok-key", "tok-team"), ("spend-key", "spend-team"),
-                         ("run-key", "runs"), ("user-key", "users")]:
+                         ("run-key", "runs"), ("user-key", "users"),
+                         ("ct-key", "ct")]:
         keys[key_id] = new_key(config, "--name", key_id, "--id", key_id, "--team", team, "--scopes", "*")
     stack = devstack.Stack(workdir / "stack", config=config, concurrency=2)
     running = Running(stack)
@@ -151,6 +155,17 @@ def test_a_new_counters_first_writes_on_both_workers_both_count(lim):
         if sorted(results) != [(200, "1"), (200, "2")]:
             lost.append((user, results))
     assert not lost, f"{len(lost)} of 200 pairs lost a count: {lost[:3]}"
+
+
+def test_counting_tokens_is_not_a_request_against_the_limits(lim):
+    same_minute()
+    key = lim.keys["ct-key"]
+    for _ in range(6):
+        counted = HTTP.post(lim.url + "/v1/messages/count_tokens?beta=true",
+                            json={"model": "fast", "messages": MESSAGES},
+                            headers={"x-api-key": key, "anthropic-version": "2023-06-01"})
+        assert counted.status_code == 200 and counted.json()["input_tokens"] > 0
+    assert [chat(lim, key).status_code for _ in range(4)] == [200, 200, 200, 429]
 
 
 def test_counters_agree_with_the_audit_records_across_workers(lim):

@@ -21,6 +21,8 @@
 //! Like the real APIs, JSON answers are gzipped when the request's `accept-encoding`
 //! accepts gzip (streams are not).
 //!
+//! `POST /v1/messages/count_tokens` answers `{"input_tokens": N}`, N as a message would report.
+//!
 //! Control: `GET /_mock/requests[?request_id=ID]` lists what was received (JSON),
 //! `DELETE /_mock/requests` forgets it, `GET /_mock/health` answers `ok`.
 
@@ -211,7 +213,7 @@ async fn handle(
     });
     let auth_ok = match (required, path.as_str()) {
         (None, _) => true,
-        (Some(k), "/v1/messages") => {
+        (Some(k), "/v1/messages" | "/v1/messages/count_tokens") => {
             header(&req, "x-api-key") == Some(k) && header(&req, "anthropic-version").is_some()
         }
         // Every other API path is OpenAI's: bearer credential.
@@ -254,7 +256,12 @@ async fn handle(
             "x-mock-drop-after: 0",
         ));
     }
-    if !auth_ok && path != "/v1/chat/completions" && path != "/v1/messages" {
+    if !auth_ok
+        && !matches!(
+            path.as_str(),
+            "/v1/chat/completions" | "/v1/messages" | "/v1/messages/count_tokens"
+        )
+    {
         return Ok(json_response(
             401,
             &openai_error(
@@ -262,6 +269,28 @@ async fn handle(
                 "mock: wrong or missing provider credential",
             ),
         ));
+    }
+    // Anthropic's token count: the prompt tokens a message with this body would report.
+    if path == "/v1/messages/count_tokens" {
+        if !auth_ok {
+            return Ok(json_response(
+                401,
+                &anthropic_error(
+                    "authentication_error",
+                    "mock: wrong or missing provider credential",
+                ),
+            ));
+        }
+        return Ok(match serde_json::from_slice::<Value>(&body) {
+            Ok(request) => {
+                let reply = Reply::new(Api::Anthropic, &request, seq, 0, 0, None);
+                json_response(200, &json!({"input_tokens": reply.prompt_tokens}))
+            }
+            Err(e) => json_response(
+                400,
+                &anthropic_error("invalid_request_error", &format!("mock: {e}")),
+            ),
+        });
     }
     // Other OpenAI endpoints: simple answers with usage in their own shapes.
     if let Some(answer) = other_openai(&path, &body) {

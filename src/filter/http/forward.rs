@@ -89,6 +89,10 @@ impl WeirHttp {
         let Some(provider) = gateway.providers.get(plan.target.provider) else {
             return Err(self.internal("finding the provider", 0));
         };
+        if self.endpoint == Some(Endpoint::CountTokens) {
+            return self
+                .forward_count_tokens(&gateway, &body, body_size, &request, weir_edit, &plan);
+        }
         if let Some(limits) = &gateway.limits {
             self.apply_limits(&gateway, limits, &request, &plan)?;
         }
@@ -174,6 +178,71 @@ impl WeirHttp {
                 .map_err(|s| self.internal("setting the retry count", s))?;
         }
         Ok(())
+    }
+    /// `POST /v1/messages/count_tokens`: to the plan's target if it speaks Anthropic's API
+    /// (with its model, credential and version), else a 404 so that the client counts for
+    /// itself (Claude Code falls back to its own estimate on an error, and would trust a
+    /// made-up count). One target, no failover: the count is the target model's. Counting
+    /// uses no tokens, so limits are not applied and nothing is metered.
+    fn forward_count_tokens(
+        &mut self,
+        gateway: &Gateway,
+        body: &[u8],
+        body_size: usize,
+        request: &LlmRequest<'_>,
+        weir_edit: Option<Edit>,
+        plan: &Plan,
+    ) -> Result<Action, Action> {
+        let Some(provider) = gateway.providers.get(plan.target.provider) else {
+            return Err(self.internal("finding the provider", 0));
+        };
+        if provider.api != Api::Anthropic {
+            return Err(self.reject(GatewayError::new(
+                ErrorKind::EndpointNotFound,
+                format!(
+                    "Token counting needs an Anthropic model: `{}` is served by an OpenAI-style \
+                     provider here.",
+                    printable(&request.model)
+                ),
+            )));
+        }
+        let mut edits = vec![Edit {
+            range: request.model_field.range(),
+            with: json_string(&plan.target.model),
+        }];
+        edits.extend(weir_edit);
+        host::set_buffer(REQUEST_BODY, 0, body_size, &splice(body, &mut edits))
+            .map_err(|s| self.internal("replacing the request body", s))?;
+        host::set_header(
+            REQUEST_HEADERS,
+            &gateway.settings.cluster_header,
+            &plan.target.cluster,
+        )
+        .map_err(|s| self.internal("setting the cluster header", s))?;
+        self.ask_for_unencoded_answers()?;
+        if let Some((name, value)) = &provider.credential_header {
+            host::set_header(REQUEST_HEADERS, name, &value.0)
+                .map_err(|s| self.internal("setting the provider credential", s))?;
+        }
+        if !self.headers.contains("anthropic-version") {
+            host::set_header(
+                REQUEST_HEADERS,
+                "anthropic-version",
+                &provider.anthropic_version,
+            )
+            .map_err(|s| self.internal("setting anthropic-version", s))?;
+        }
+        host::set_header(REQUEST_HEADERS, REQUEST_ID_HEADER, &self.record.request_id)
+            .map_err(|s| self.internal("setting the request id", s))?;
+        host::clear_route_cache().map_err(|s| self.internal("clearing the route cache", s))?;
+        self.record.tier = plan.tier.clone();
+        self.record.served_model = Some(plan.target.model.clone());
+        self.target_model = Some(plan.target.model.clone());
+        self.record.provider = Some(provider.name.clone());
+        self.record.cluster = Some(plan.target.cluster.clone());
+        self.provider_api = provider.api;
+        self.phase = Phase::Forwarded;
+        Ok(Action::Continue)
     }
     /// Weir reads every answer it forwards (usage, translation, metadata), and the providers
     /// compress JSON answers for clients that accept it (the official SDKs do): the provider

@@ -438,7 +438,8 @@ impl WeirHttp {
                     ErrorKind::EndpointNotFound,
                     format!(
                         "Unknown request URL: {} {}. Weir serves POST /v1/chat/completions, /v1/messages, \
-                         /v1/embeddings, /v1/completions, /v1/responses and GET /v1/models[/ID].",
+                         /v1/messages/count_tokens, /v1/embeddings, /v1/completions, /v1/responses \
+                         and GET /v1/models[/ID].",
                         printable(&self.record.method),
                         printable(&self.record.path)
                     ),
@@ -653,6 +654,8 @@ impl HttpContext for WeirHttp {
             if self.translating.is_some() {
                 self.refuse_encoded_translation(&mut headers);
             }
+        } else if self.endpoint == Some(Endpoint::CountTokens) {
+            // A token count, not an answer: nothing to meter, translate or add to.
         } else {
             // An OpenAI client gets exactly the stream it asked for: without the usage chunk
             // Weir (or a translated attempt) asked for, unless it asked itself.
@@ -743,7 +746,7 @@ impl HttpContext for WeirHttp {
             return self.translate_response(body_size, end_of_stream);
         }
         let Some(meter) = &mut self.meter else {
-            // Not metered (an encoded answer): passed through whole.
+            // Not metered (a token count, an encoded answer): passed through whole.
             if end_of_stream {
                 self.response_complete = true;
             }
