@@ -55,16 +55,21 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    #[test]
-    fn lists_only_allowed_tiers() {
-        let g = Config::from_json(
+    /// Tiers `fast` and `best`, of one provider's model `m`.
+    fn two_tiers() -> Gateway {
+        Config::from_json(
             br#"{"providers": {"p": {"api": "openai", "cluster": "c", "auth": "none"}},
                  "tiers": {"fast": {"targets": [{"provider": "p", "model": "m"}]},
                            "best": {"targets": [{"provider": "p", "model": "m"}]}}}"#,
         )
         .unwrap()
         .compile()
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn lists_only_allowed_tiers() {
+        let g = two_tiers();
         let scopes = Scopes::parse(&["model:f*"]).unwrap();
         let v: serde_json::Value =
             serde_json::from_slice(&list_body(&g, &scopes, Api::Openai)).unwrap();
@@ -84,14 +89,7 @@ mod tests {
 
     #[test]
     fn one_model_only_if_listed() {
-        let g = Config::from_json(
-            br#"{"providers": {"p": {"api": "openai", "cluster": "c", "auth": "none"}},
-                 "tiers": {"fast": {"targets": [{"provider": "p", "model": "m"}]},
-                           "best": {"targets": [{"provider": "p", "model": "m"}]}}}"#,
-        )
-        .unwrap()
-        .compile()
-        .unwrap();
+        let g = two_tiers();
         let scopes = Scopes::parse(&["model:f*"]).unwrap();
         let one = |api, id| {
             model_body(&g, &scopes, api, id).map(|b| serde_json::from_slice::<Value>(&b).unwrap())

@@ -35,6 +35,8 @@ MIX = [
     ("messages", "POST", "/v1/messages", {"model": "best", "max_tokens": 20, "messages": MSG}, AN, 200, False),
     ("messages-stream", "POST", "/v1/messages", {"model": "fast", "max_tokens": 20, "messages": MSG, "stream": True}, AN, 200, True),
     ("models", "GET", "/v1/models", None, OA, 200, False),
+    ("model", "GET", "/v1/models/fast", None, OA, 200, False),
+    ("count-tokens", "POST", "/v1/messages/count_tokens?beta=true", {"model": "balanced", "messages": MSG}, AN, 200, False),
     ("advice", "POST", "/v1/weir/advice", {"model": "fast", "messages": MSG}, OA, 200, False),
     ("bad-key", "POST", "/v1/chat/completions", {"model": "fast", "messages": MSG}, {"authorization": "Bearer wk_live_nope"}, 401, False),
     ("unknown-tier", "POST", "/v1/chat/completions", {"model": "nope", "messages": MSG}, OA, 404, False),

@@ -1,6 +1,7 @@
 //! Forwarding: the body phase, translated requests, pass-through and route headers.
 
 use super::*;
+use crate::config::Provider;
 
 impl WeirHttp {
     pub(super) fn on_request_body(
@@ -126,6 +127,14 @@ impl WeirHttp {
             .map_err(|s| self.internal("replacing the request body", s))?;
 
         self.set_route_headers(gateway.as_ref(), &plan)?;
+        self.send_to_target(provider, &plan)?;
+        self.record.usage_requested_by_weir = usage_added;
+        Ok(Action::Continue)
+    }
+    /// The last steps of sending a request in the provider's own API to `plan`'s target,
+    /// once the body and the route are set: an unencoded answer asked for, the provider's
+    /// credential and version, the request id, the route re-chosen, and the record.
+    fn send_to_target(&mut self, provider: &Provider, plan: &Plan) -> Result<(), Action> {
         self.ask_for_unencoded_answers()?;
         if let Some((name, value)) = &provider.credential_header {
             host::set_header(REQUEST_HEADERS, name, &value.0)
@@ -148,9 +157,9 @@ impl WeirHttp {
         self.target_model = Some(plan.target.model.clone());
         self.record.provider = Some(provider.name.clone());
         self.record.cluster = Some(plan.target.cluster.clone());
-        self.record.usage_requested_by_weir = usage_added;
+        self.provider_api = provider.api;
         self.phase = Phase::Forwarded;
-        Ok(Action::Continue)
+        Ok(())
     }
     /// The cluster header, and for a failover tier the attempt order and retry count.
     pub(super) fn set_route_headers(
@@ -219,29 +228,7 @@ impl WeirHttp {
             &plan.target.cluster,
         )
         .map_err(|s| self.internal("setting the cluster header", s))?;
-        self.ask_for_unencoded_answers()?;
-        if let Some((name, value)) = &provider.credential_header {
-            host::set_header(REQUEST_HEADERS, name, &value.0)
-                .map_err(|s| self.internal("setting the provider credential", s))?;
-        }
-        if !self.headers.contains("anthropic-version") {
-            host::set_header(
-                REQUEST_HEADERS,
-                "anthropic-version",
-                &provider.anthropic_version,
-            )
-            .map_err(|s| self.internal("setting anthropic-version", s))?;
-        }
-        host::set_header(REQUEST_HEADERS, REQUEST_ID_HEADER, &self.record.request_id)
-            .map_err(|s| self.internal("setting the request id", s))?;
-        host::clear_route_cache().map_err(|s| self.internal("clearing the route cache", s))?;
-        self.record.tier = plan.tier.clone();
-        self.record.served_model = Some(plan.target.model.clone());
-        self.target_model = Some(plan.target.model.clone());
-        self.record.provider = Some(provider.name.clone());
-        self.record.cluster = Some(plan.target.cluster.clone());
-        self.provider_api = provider.api;
-        self.phase = Phase::Forwarded;
+        self.send_to_target(provider, plan)?;
         Ok(Action::Continue)
     }
     /// Weir reads every answer it forwards (usage, translation, metadata), and the providers
