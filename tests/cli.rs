@@ -23,12 +23,34 @@ fn weir(args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn temp_config(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("weir-cli-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// One test's directory (its configuration, bundles, secrets), removed when the test ends,
+/// passed or failed.
+struct TestDir(PathBuf);
+
+impl TestDir {
+    fn new(name: &str) -> TestDir {
+        let dir = std::env::temp_dir().join(format!("weir-cli-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TestDir(dir)
+    }
+
+    fn join(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A test directory with the base configuration in it, and that file's path.
+fn temp_config(name: &str) -> (TestDir, PathBuf) {
+    let dir = TestDir::new(name);
     let path = dir.join("weir.toml");
     std::fs::write(&path, BASE).unwrap();
-    path
+    (dir, path)
 }
 
 fn load(path: &Path) -> Config {
@@ -69,7 +91,7 @@ fn plugin_of(bundle: &Path) -> String {
 
 #[test]
 fn new_prints_the_secret_once_and_stores_only_its_hash() {
-    let path = temp_config("new");
+    let (_dir, path) = temp_config("new");
     let p = path.to_str().unwrap();
     let out = weir(&[
         "keys",
@@ -122,7 +144,7 @@ fn new_prints_the_secret_once_and_stores_only_its_hash() {
 
 #[test]
 fn invalid_input_is_refused_and_the_file_is_untouched() {
-    let path = temp_config("invalid");
+    let (_dir, path) = temp_config("invalid");
     let p = path.to_str().unwrap();
     for (args, message) in [
         (vec!["--scopes", "chat,chatt"], "unknown scope \"chatt\""),
@@ -170,7 +192,7 @@ fn invalid_input_is_refused_and_the_file_is_untouched() {
 
 #[test]
 fn rotate_links_the_keys_and_bounds_the_overlap() {
-    let path = temp_config("rotate");
+    let (_dir, path) = temp_config("rotate");
     let p = path.to_str().unwrap();
     let first = weir(&[
         "keys", "new", "-c", p, "--name", "svc", "--team", "t", "--scopes", "chat", "--id", "svc",
@@ -215,7 +237,7 @@ fn rotate_links_the_keys_and_bounds_the_overlap() {
 
 #[test]
 fn revoke_and_list_json() {
-    let path = temp_config("revoke");
+    let (_dir, path) = temp_config("revoke");
     let p = path.to_str().unwrap();
     weir(&[
         "keys", "new", "-c", p, "--name", "a", "--team", "t", "--scopes", "*", "--id", "a",
@@ -234,8 +256,7 @@ fn revoke_and_list_json() {
 
 #[test]
 fn bundle_reads_credentials_from_env_or_file_in_each_providers_style() {
-    let dir = std::env::temp_dir().join(format!("weir-cli-{}-creds", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TestDir::new("creds");
     let secret_file = dir.join("azure.key");
     std::fs::write(&secret_file, "azure-secret-from-file\n").unwrap();
     let config = dir.join("weir.toml");
@@ -322,8 +343,7 @@ targets = [{{ provider = "azure", model = "gpt-4o" }}, {{ provider = "anthropic"
 /// the VM cannot compile is refused with its name and the reason.
 #[test]
 fn bundle_ships_compiled_policies_and_refuses_what_the_vm_cannot_run() {
-    let config = temp_config("policies");
-    let dir = config.parent().unwrap().to_path_buf();
+    let (dir, config) = temp_config("policies");
     let policies = dir.join("policies");
     std::fs::create_dir_all(&policies).unwrap();
     std::fs::write(
