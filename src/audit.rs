@@ -86,6 +86,9 @@ pub struct AuditRecord {
     pub cost: Option<CostRecord>,
     /// The limit counters could not be used and `fail_mode = "open"` let the request through.
     pub limits_unavailable: bool,
+    /// An end-user limit (`limits.per_user`) did not count this request: every slot the
+    /// user may take in its counter table was held by other users in the current window.
+    pub limits_uncounted: bool,
     /// `priced`, `unpriced` (no price for the model: flagged, never silently zero),
     /// `no_usage` (forwarded but the provider reported no usage), or null (not forwarded).
     pub cost_status: Option<&'static str>,
@@ -182,6 +185,7 @@ impl AuditRecord {
             None => o.extend_from_slice(b",\"cost\":null"),
         }
         bool(o, head!("limits_unavailable"), self.limits_unavailable);
+        bool(o, head!("limits_uncounted"), self.limits_uncounted);
         opt_str(o, head!("cost_status"), self.cost_status);
         float(o, head!("duration_ms"), Some(self.duration_ms));
         float(o, head!("ttfb_ms"), self.ttfb_ms);
@@ -351,7 +355,7 @@ mod tests {
         assert_eq!(v["outcome"], "client_aborted");
         assert_eq!(v["usage"]["prompt_tokens"], 1);
         assert!(v.get("key_id").unwrap().is_null());
-        assert_eq!(v.as_object().unwrap().len(), 38);
+        assert_eq!(v.as_object().unwrap().len(), 39);
     }
 
     fn text() -> impl Strategy<Value = String> {
@@ -406,6 +410,7 @@ mod tests {
             any::<bool>(),
             any::<bool>(),
             any::<u32>(),
+            any::<bool>(),
         );
         let policy = (
             opt_text(),
@@ -468,6 +473,7 @@ mod tests {
                 outcome: flags.3,
                 policy_cached: flags.4,
                 limits_unavailable: flags.5,
+                limits_uncounted: flags.7,
                 attempts: flags.6,
                 policy: policy.0,
                 policy_us: policy.1,

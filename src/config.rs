@@ -582,6 +582,17 @@ impl Config {
             None => compile_keys(&self.keys)?,
         };
         if let Some(l) = &self.limits {
+            for (path, slots) in [
+                ("limits.user_slots", l.user_slots),
+                ("limits.run_slots", l.run_slots),
+            ] {
+                if !(1..=crate::limits::MAX_TABLE_SLOTS).contains(&slots) {
+                    return Err(err(
+                        path,
+                        format!("must be from 1 to {}", crate::limits::MAX_TABLE_SLOTS),
+                    ));
+                }
+            }
             for id in l.keys.keys() {
                 if !keys.contains_id(id) {
                     return Err(err(format!("limits.keys.{id}"), "no key has this id"));
@@ -888,6 +899,28 @@ mod tests {
         c.tiers.get_mut("balanced").unwrap().targets[0].provider = "nope".into();
         let e = c.compile().unwrap_err();
         assert_eq!(e.path, "tiers.balanced.targets[0].provider");
+    }
+
+    #[test]
+    fn user_table_size_is_checked() {
+        for (slots, ok) in [
+            (0, false),
+            (1, true),
+            (65_536, true),
+            (1 << 24, true),
+            ((1 << 24) + 1, false),
+        ] {
+            let mut c = sample();
+            c.limits = Some(crate::limits::LimitsConfig {
+                user_slots: slots,
+                ..Default::default()
+            });
+            let result = c.compile();
+            assert_eq!(result.is_ok(), ok, "{slots}");
+            if let Err(e) = result {
+                assert_eq!(e.path, "limits.user_slots");
+            }
+        }
     }
 
     #[test]

@@ -47,6 +47,29 @@ fn decode(value: Option<Vec<u8>>) -> (u64, u64) {
     }
 }
 
+/// A counter with its owner: 16 bytes for a named counter (owner 0), 24 for a table slot,
+/// whose last 8 bytes say which subject holds it.
+fn decode_owned(value: Option<Vec<u8>>) -> (u64, u64, u64) {
+    match value {
+        Some(v) if v.len() == 24 => {
+            let n = |i: usize| u64::from_le_bytes(v[i..i + 8].try_into().unwrap_or([0; 8]));
+            (n(0), n(8), n(16))
+        }
+        other => {
+            let (window, value) = decode(other);
+            (window, value, 0)
+        }
+    }
+}
+
+fn encode_owned(window: u64, value: u64, owner: u64) -> Vec<u8> {
+    let mut out = encode(window, value).to_vec();
+    if owner != 0 {
+        out.extend_from_slice(&owner.to_le_bytes());
+    }
+    out
+}
+
 fn encode(window: u64, value: u64) -> [u8; 16] {
     let mut out = [0u8; 16];
     out[..8].copy_from_slice(&window.to_le_bytes());
@@ -54,31 +77,126 @@ fn encode(window: u64, value: u64) -> [u8; 16] {
     out
 }
 
-/// The value of counter `key` in `window` (0 if the stored one is older).
-pub fn read(store: &dyn Store, key: &str, window: u64) -> Result<u64, StoreError> {
-    let (value, _) = store.get(key)?;
-    let (stored_window, n) = decode(value);
-    Ok(if stored_window == window { n } else { 0 })
+/// Where a subject's counters live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counters {
+    /// One store key per counter, named after the subject: keys and teams, which the
+    /// configuration names, so their number is bounded.
+    Named,
+    /// A slot in a fixed table per counter (kind and window), found from `owner` (a
+    /// fingerprint of the key and end user) by open addressing. End users are named by the
+    /// client, and Envoy's shared data cannot delete a key: one key per user would grow
+    /// without bound with every `x-weir-user` ever sent. A slot written in the current window
+    /// belongs to its owner until the window ends; then it is free for anyone.
+    Slotted { owner: u64, slots: u64 },
 }
 
-/// Adds `amount` to counter `key` in `window` if the result stays within `limit`.
-/// `Ok(Ok(new))` when added, `Ok(Err(current))` when it would exceed the limit.
-pub fn reserve(
+/// Slots an end user's counter may occupy: its home slot and the next ones.
+pub const USER_PROBES: u64 = 8;
+/// Default size of each per-user counter table (`limits.user_slots`).
+pub const DEFAULT_USER_SLOTS: u64 = 65_536;
+
+/// A counter found for the current window: its store key, value, CAS and owner.
+struct Located {
+    key: String,
+    current: u64,
+    cas: Option<u32>,
+    owner: u64,
+}
+
+/// The counter of subject `scope`/`id` for `kind` per `window`, as of the window starting at
+/// `start`. `None` when a slotted subject has neither its slot nor a free one among its
+/// probes (its neighbourhood of the table is held by other users in this window).
+fn locate(
     store: &dyn Store,
-    key: &str,
-    window: u64,
+    scope: &str,
+    id: &str,
+    counters: Counters,
+    kind: &str,
+    window: Window,
+    start: u64,
+) -> Result<Option<Located>, StoreError> {
+    match counters {
+        Counters::Named => {
+            let key = format!("weir:{scope}:{id}:{kind}:{}", window.name());
+            let (value, cas) = store.get(&key)?;
+            let (stored_window, n) = decode(value);
+            let current = if stored_window == start { n } else { 0 };
+            Ok(Some(Located {
+                key,
+                current,
+                cas,
+                owner: 0,
+            }))
+        }
+        Counters::Slotted { owner, slots } => {
+            let slots = slots.max(1);
+            for i in 0..USER_PROBES.min(slots) {
+                let slot = owner.wrapping_add(i) % slots;
+                let key = format!("weir:{scope}-slot:{kind}:{}:{slot}", window.name());
+                let (value, cas) = store.get(&key)?;
+                let empty = value.is_none();
+                let (stored_window, n, holder) = decode_owned(value);
+                // Within a window a slot is only ever claimed, never released, so the
+                // first slot that is the owner's or free is where the owner counts.
+                if empty || stored_window != start || holder == owner {
+                    let current = if !empty && stored_window == start {
+                        n
+                    } else {
+                        0
+                    };
+                    return Ok(Some(Located {
+                        key,
+                        current,
+                        cas,
+                        owner,
+                    }));
+                }
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// What `reserve` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reserved {
+    /// Added: the counter's store key and its new value.
+    Added { key: String, value: u64 },
+    /// Not added: it would exceed the limit; the current value.
+    Over(u64),
+    /// Not counted: an end user's table has no slot for them in this window.
+    NoSlot,
+}
+
+/// Adds `amount` to the counter of subject `scope`/`id` (`kind` per `window`, the window
+/// starting at `start`) if the result stays within `limit`.
+#[allow(clippy::too_many_arguments)]
+fn reserve_counter(
+    store: &dyn Store,
+    scope: &str,
+    id: &str,
+    counters: Counters,
+    kind: &str,
+    window: Window,
+    start: u64,
     amount: u64,
     limit: u64,
-) -> Result<Result<u64, u64>, StoreError> {
+) -> Result<Reserved, StoreError> {
     for _ in 0..RETRIES {
-        let (value, cas) = store.get(key)?;
-        let (stored_window, n) = decode(value);
-        let current = if stored_window == window { n } else { 0 };
-        let Some(new) = current.checked_add(amount).filter(|n| *n <= limit) else {
-            return Ok(Err(current));
+        let Some(at) = locate(store, scope, id, counters, kind, window, start)? else {
+            return Ok(Reserved::NoSlot);
         };
-        match store.set(key, &encode(window, new), cas) {
-            Ok(()) => return Ok(Ok(new)),
+        let Some(new) = at.current.checked_add(amount).filter(|n| *n <= limit) else {
+            return Ok(Reserved::Over(at.current));
+        };
+        match store.set(&at.key, &encode_owned(start, new, at.owner), at.cas) {
+            Ok(()) => {
+                return Ok(Reserved::Added {
+                    key: at.key,
+                    value: new,
+                })
+            }
             Err(StoreError::Conflict) => continue,
             Err(e) => return Err(e),
         }
@@ -87,12 +205,19 @@ pub fn reserve(
 }
 
 /// Adds `delta` (may be negative; the value never goes below zero) to counter `key` in
-/// `window`. A counter already in a later window is left alone.
-pub fn adjust(store: &dyn Store, key: &str, window: u64, delta: i64) -> Result<(), StoreError> {
+/// `window`, held by `owner` (0 for a named counter). A counter already in a later window,
+/// or a slot another owner holds, is left alone.
+pub fn adjust(
+    store: &dyn Store,
+    key: &str,
+    window: u64,
+    owner: u64,
+    delta: i64,
+) -> Result<(), StoreError> {
     for _ in 0..RETRIES {
         let (value, cas) = store.get(key)?;
-        let (stored_window, n) = decode(value);
-        if stored_window > window {
+        let (stored_window, n, holder) = decode_owned(value);
+        if stored_window > window || (stored_window == window && holder != owner) {
             return Ok(());
         }
         let current = if stored_window == window { n } else { 0 };
@@ -101,7 +226,7 @@ pub fn adjust(store: &dyn Store, key: &str, window: u64, delta: i64) -> Result<(
         } else {
             current.saturating_sub(delta.unsigned_abs())
         };
-        match store.set(key, &encode(window, new), cas) {
+        match store.set(key, &encode_owned(window, new, owner), cas) {
             Ok(()) => return Ok(()),
             Err(StoreError::Conflict) => continue,
             Err(e) => return Err(e),
@@ -224,7 +349,7 @@ pub enum FailMode {
     Open,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Every key, unless `keys.<id>` replaces it.
@@ -238,6 +363,15 @@ pub struct LimitsConfig {
     /// Each end user (`x-weir-user`), per key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_user: Option<LimitSet>,
+    /// Slots of each per-user counter table (one table per limit kind and window): the
+    /// most end users counted at once in a window. A user whose neighbourhood of the table
+    /// is full is let through uncounted (`limits_uncounted` in the audit record).
+    #[serde(default = "default_user_slots")]
+    pub user_slots: u64,
+    /// Slots of the run table: the most runs counted at once. A new run whose neighbourhood
+    /// holds active runs only is let through uncounted (`limits_uncounted`).
+    #[serde(default = "default_run_slots")]
+    pub run_slots: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_run: Option<RunLimits>,
     #[serde(default)]
@@ -251,6 +385,30 @@ pub struct LimitsConfig {
     pub default_max_tokens: u64,
 }
 
+/// The same defaults as an empty `[limits]` table.
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            per_key: None,
+            keys: BTreeMap::new(),
+            teams: BTreeMap::new(),
+            per_user: None,
+            user_slots: default_user_slots(),
+            run_slots: default_run_slots(),
+            per_run: None,
+            fail_mode: FailMode::default(),
+            idempotency_window_seconds: default_idempotency_window(),
+            default_max_tokens: default_reserve_tokens(),
+        }
+    }
+}
+
+fn default_run_slots() -> u64 {
+    DEFAULT_RUN_SLOTS
+}
+fn default_user_slots() -> u64 {
+    DEFAULT_USER_SLOTS
+}
 fn default_idempotency_window() -> u64 {
     600
 }
@@ -258,11 +416,12 @@ fn default_reserve_tokens() -> u64 {
     4096
 }
 
-/// A subject limits apply to: `(scope, id, limits)`.
+/// A subject limits apply to: `(scope, id, limits)`, and where its counters live.
 pub struct Subject<'a> {
     pub scope: &'static str,
     pub id: String,
     pub limits: &'a LimitSet,
+    pub counters: Counters,
 }
 
 /// The subjects a request counts against: its key (or the key's override), its team, and
@@ -279,6 +438,7 @@ pub fn subjects<'a>(
             scope: "key",
             id: key_id.to_string(),
             limits: l,
+            counters: Counters::Named,
         });
     }
     if let Some(l) = config.teams.get(team) {
@@ -286,6 +446,7 @@ pub fn subjects<'a>(
             scope: "team",
             id: team.to_string(),
             limits: l,
+            counters: Counters::Named,
         });
     }
     if let (Some(l), Some(user)) = (&config.per_user, user) {
@@ -293,6 +454,10 @@ pub fn subjects<'a>(
             scope: "user",
             id: format!("{key_id}/{user}"),
             limits: l,
+            counters: Counters::Slotted {
+                owner: fingerprint(key_id, user),
+                slots: config.user_slots,
+            },
         });
     }
     out
@@ -346,8 +511,11 @@ pub fn usage_snapshot(store: &dyn Store, subjects: &[Subject<'_>], now: u64) -> 
         ] {
             let Some(limit) = limit else { continue };
             let (start, end) = window.bounds(now);
-            let key = format!("weir:{}:{}:{}:{}", s.scope, s.id, kind, window.name());
-            let used = read(store, &key, start).ok();
+            // Unknown (null) when the store fails or an end user has no slot.
+            let used = locate(store, s.scope, &s.id, s.counters, kind, window, start)
+                .ok()
+                .flatten()
+                .map(|at| at.current);
             this.insert(
                 name.to_string(),
                 serde_json::json!({"used": used, "limit": limit, "reset_seconds": end - now}),
@@ -370,6 +538,8 @@ pub struct Estimate {
 pub struct Reservation {
     pub key: String,
     pub window: u64,
+    /// Who holds the counter: 0 for a named one, the end user's fingerprint for a slot.
+    pub owner: u64,
     pub amount: u64,
     /// `tokens` or `spend` (settled with real usage); `requests` are never settled.
     pub kind: &'static str,
@@ -386,6 +556,8 @@ pub struct Headroom {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Admission {
     pub reservations: Vec<Reservation>,
+    /// Some end-user limit was not counted: the user's neighbourhood of its table was full.
+    pub uncounted: bool,
     pub requests: Option<Headroom>,
     pub tokens: Option<Headroom>,
 }
@@ -414,7 +586,7 @@ fn tighter(current: Option<Headroom>, candidate: Headroom) -> Option<Headroom> {
 
 fn rollback(store: &dyn Store, reservations: &[Reservation]) {
     for r in reservations {
-        let _ = adjust(store, &r.key, r.window, -(r.amount as i64));
+        let _ = adjust(store, &r.key, r.window, r.owner, -(r.amount as i64));
     }
 }
 
@@ -455,7 +627,6 @@ pub fn admit(
         for (kind, window, limit, amount) in checks {
             let Some(limit) = limit else { continue };
             let (start, end) = window.bounds(now);
-            let key = format!("weir:{}:{}:{}:{}", s.scope, s.id, kind, window.name());
             let what = format!(
                 "{} {}s per {} ({} {})",
                 limit,
@@ -464,8 +635,11 @@ pub fn admit(
                 s.scope,
                 s.id
             );
-            match reserve(store, &key, start, amount, limit) {
-                Ok(Ok(used)) => {
+            let reserved = reserve_counter(
+                store, s.scope, &s.id, s.counters, kind, window, start, amount, limit,
+            );
+            match reserved {
+                Ok(Reserved::Added { key, value: used }) => {
                     let room = Headroom {
                         limit,
                         remaining: limit - used,
@@ -476,14 +650,22 @@ pub fn admit(
                         "tokens" => admission.tokens = tighter(admission.tokens, room),
                         _ => {}
                     }
+                    let owner = match s.counters {
+                        Counters::Named => 0,
+                        Counters::Slotted { owner, .. } => owner,
+                    };
                     admission.reservations.push(Reservation {
                         key,
                         window: start,
+                        owner,
                         amount,
                         kind,
                     });
                 }
-                Ok(Err(_)) => {
+                // Refusing would let one key's many users lock every other key's users out
+                // for the rest of the window; key and team limits still count this request.
+                Ok(Reserved::NoSlot) => admission.uncounted = true,
+                Ok(Reserved::Over(_)) => {
                     rollback(store, &admission.reservations);
                     return Err(if kind == "spend" {
                         let amount = Price(limit);
@@ -538,7 +720,13 @@ pub fn settle(
             "spend" => spend_micros,
             _ => continue,
         };
-        adjust(store, &r.key, r.window, actual as i64 - r.amount as i64)?;
+        adjust(
+            store,
+            &r.key,
+            r.window,
+            r.owner,
+            actual as i64 - r.amount as i64,
+        )?;
     }
     Ok(())
 }
@@ -552,10 +740,13 @@ pub struct RunState {
     pub spend_micros: u64,
 }
 
-/// Slots of the run table. Runs live in a fixed table (open addressing, `RUN_PROBES` slots
-/// per run) rather than one store key per run: Envoy's shared data cannot delete a key, so
-/// per-run keys would grow without bound with the number of runs ever seen.
-pub const RUN_SLOTS: u64 = 65_536;
+/// Default slots of the run table (`limits.run_slots`). Runs live in a fixed table (open
+/// addressing, `RUN_PROBES` slots per run) rather than one store key per run: Envoy's shared
+/// data cannot delete a key, so per-run keys would grow without bound with the number of
+/// runs ever seen.
+pub const DEFAULT_RUN_SLOTS: u64 = 65_536;
+/// Largest `limits.user_slots` or `limits.run_slots` accepted.
+pub const MAX_TABLE_SLOTS: u64 = 1 << 24;
 /// Slots a run may occupy: its home slot and the next ones.
 pub const RUN_PROBES: u64 = 4;
 /// A run with no counted call or usage for this long may give its slot to another run.
@@ -604,23 +795,26 @@ fn encode_run(fingerprint: u64, touched: u64, s: RunState) -> Vec<u8> {
 }
 
 /// Applies `f` to the run's state: the slot that holds the run, else a free one (empty, or
-/// its run idle for `forget_after` seconds), claimed for it. `Err(Unavailable)` also when
-/// every slot the run may use holds an active run (the table is full there).
+/// its run idle for `forget_after` seconds), claimed for it. `Ok(None)` when every slot the
+/// run may use holds an active run (the table is full there): the run is not counted.
+#[allow(clippy::too_many_arguments)]
 fn update_run(
     store: &dyn Store,
     key_id: &str,
     run_id: &str,
+    slots: u64,
     now: u64,
     forget_after: u64,
     f: &dyn Fn(RunState) -> Result<RunState, RunState>,
-) -> Result<Result<RunState, RunState>, StoreError> {
+) -> Result<Option<Result<RunState, RunState>>, StoreError> {
     let fingerprint = fingerprint(key_id, run_id);
     for _ in 0..RETRIES {
         let mut home = None;
         // (key, cas, idle seconds): the best slot to claim if the run is not there.
         let mut free: Option<(String, Option<u32>, u64)> = None;
-        for i in 0..RUN_PROBES {
-            let key = format!("weir:run:{}", fingerprint.wrapping_add(i) % RUN_SLOTS);
+        let slots = slots.max(1);
+        for i in 0..RUN_PROBES.min(slots) {
+            let key = format!("weir:run:{}", fingerprint.wrapping_add(i) % slots);
             let (value, cas) = store.get(&key)?;
             match decode_run(value) {
                 Some((fp, _, state)) if fp == fingerprint => {
@@ -643,12 +837,14 @@ fn update_run(
         let (key, cas, state) = match (home, free) {
             (Some(home), _) => home,
             (None, Some((key, cas, _))) => (key, cas, RunState::default()),
-            (None, None) => return Err(StoreError::Unavailable),
+            // Refusing would let one key's many runs lock every other key's new runs out
+            // for `forget_after` (a week by default).
+            (None, None) => return Ok(None),
         };
         match f(state) {
-            Err(state) => return Ok(Err(state)),
+            Err(state) => return Ok(Some(Err(state))),
             Ok(new) => match store.set(&key, &encode_run(fingerprint, now, new), cas) {
-                Ok(()) => return Ok(Ok(new)),
+                Ok(()) => return Ok(Some(Ok(new))),
                 Err(StoreError::Conflict) => continue,
                 Err(e) => return Err(e),
             },
@@ -657,57 +853,82 @@ fn update_run(
     Err(StoreError::Unavailable)
 }
 
-/// Counts a call of a run; `Ok(Err(state))` when the run is closed (409). `fresh` starts the
-/// run again (`x-weir-new-run: true`).
+/// A run: its key, its id (`x-weir-run-id`) and the run table's size.
+#[derive(Debug, Clone, Copy)]
+pub struct RunAt<'a> {
+    pub key_id: &'a str,
+    pub run_id: &'a str,
+    pub slots: u64,
+}
+
+/// Counts a call of a run; `Ok(Some(Err(state)))` when the run is closed (409), `Ok(None)`
+/// when the run table has no slot for it (not counted). `fresh` starts the run again
+/// (`x-weir-new-run: true`).
 pub fn run_call(
     store: &dyn Store,
-    key_id: &str,
-    run_id: &str,
+    run: RunAt<'_>,
     limits: &RunLimits,
     fresh: bool,
     now: u64,
-) -> Result<Result<RunState, RunState>, StoreError> {
-    update_run(store, key_id, run_id, now, limits.forget_after(), &|s| {
-        let s = if fresh { RunState::default() } else { s };
-        if s.closed {
-            return Err(s);
-        }
-        let calls = s.calls + 1;
-        if limits.calls.is_some_and(|max| calls > max) {
-            return Ok(RunState { closed: true, ..s });
-        }
-        Ok(RunState { calls, ..s })
-    })
-    .map(|r| match r {
-        Ok(s) if s.closed => Err(s),
-        other => other,
+) -> Result<Option<Result<RunState, RunState>>, StoreError> {
+    update_run(
+        store,
+        run.key_id,
+        run.run_id,
+        run.slots,
+        now,
+        limits.forget_after(),
+        &|s| {
+            let s = if fresh { RunState::default() } else { s };
+            if s.closed {
+                return Err(s);
+            }
+            let calls = s.calls + 1;
+            if limits.calls.is_some_and(|max| calls > max) {
+                return Ok(RunState { closed: true, ..s });
+            }
+            Ok(RunState { calls, ..s })
+        },
+    )
+    .map(|r| {
+        r.map(|r| match r {
+            Ok(s) if s.closed => Err(s),
+            other => other,
+        })
     })
 }
 
 /// Adds a finished call's usage to its run, closing it once a limit is reached.
 pub fn run_usage(
     store: &dyn Store,
-    key_id: &str,
-    run_id: &str,
+    run: RunAt<'_>,
     limits: &RunLimits,
     tokens: u64,
     spend_micros: u64,
     now: u64,
 ) -> Result<RunState, StoreError> {
-    let r = update_run(store, key_id, run_id, now, limits.forget_after(), &|s| {
-        let tokens = s.tokens.saturating_add(tokens);
-        let spend_micros = s.spend_micros.saturating_add(spend_micros);
-        let closed = s.closed
-            || limits.tokens.is_some_and(|max| tokens >= max)
-            || limits.spend.is_some_and(|max| spend_micros >= max.0);
-        Ok(RunState {
-            closed,
-            tokens,
-            spend_micros,
-            ..s
-        })
-    })?;
-    Ok(r.unwrap_or_else(|s| s))
+    let r = update_run(
+        store,
+        run.key_id,
+        run.run_id,
+        run.slots,
+        now,
+        limits.forget_after(),
+        &|s| {
+            let tokens = s.tokens.saturating_add(tokens);
+            let spend_micros = s.spend_micros.saturating_add(spend_micros);
+            let closed = s.closed
+                || limits.tokens.is_some_and(|max| tokens >= max)
+                || limits.spend.is_some_and(|max| spend_micros >= max.0);
+            Ok(RunState {
+                closed,
+                tokens,
+                spend_micros,
+                ..s
+            })
+        },
+    )?;
+    Ok(r.map(|r| r.unwrap_or_else(|s| s)).unwrap_or_default())
 }
 
 /// Slots of the idempotency table: bounded memory; a newer id can evict an older one in
@@ -780,6 +1001,24 @@ pub mod tests {
         }
     }
 
+    /// A counter's value in `window` (0 if absent or older).
+    fn read(store: &MemStore, key: &str, window: u64) -> u64 {
+        let (stored_window, n, _) = decode_owned(store.get(key).unwrap().0);
+        if stored_window == window {
+            n
+        } else {
+            0
+        }
+    }
+
+    fn run<'a>(key_id: &'a str, run_id: &'a str) -> RunAt<'a> {
+        RunAt {
+            key_id,
+            run_id,
+            slots: DEFAULT_RUN_SLOTS,
+        }
+    }
+
     fn limits(toml_text: &str) -> LimitSet {
         toml::from_str(toml_text).unwrap()
     }
@@ -838,23 +1077,65 @@ pub mod tests {
     fn a_first_write_racing_another_is_retried_not_lost() {
         let store = MemStore::default();
         // Both workers read "no counter"; the other one creates it first.
+        let first = |store: &dyn Store, counters| {
+            reserve_counter(
+                store,
+                "user",
+                "k/u",
+                counters,
+                "requests",
+                Window::Minute,
+                7,
+                1,
+                10,
+            )
+            .unwrap()
+        };
+        let named = "weir:user:k/u:requests:minute";
         let racing = Racing {
             store: &store,
-            race: RefCell::new(Some(Box::new(|s: &MemStore| {
-                assert_eq!(reserve(s, "c", 7, 1, 10).unwrap(), Ok(1));
+            race: RefCell::new(Some(Box::new(move |s: &MemStore| {
+                assert!(matches!(
+                    first(s, Counters::Named),
+                    Reserved::Added { value: 1, .. }
+                ));
             }))),
         };
-        assert_eq!(reserve(&racing, "c", 7, 1, 10).unwrap(), Ok(2));
-        assert_eq!(read(&store, "c", 7).unwrap(), 2);
+        assert!(matches!(
+            first(&racing, Counters::Named),
+            Reserved::Added { value: 2, .. }
+        ));
+        assert_eq!(read(&store, named, 7), 2);
+        // A user's slot: the other worker claims it first, for the same user.
+        let slotted = Counters::Slotted {
+            owner: 3,
+            slots: 16,
+        };
+        let racing = Racing {
+            store: &store,
+            race: RefCell::new(Some(Box::new(move |s: &MemStore| {
+                assert!(matches!(
+                    first(s, slotted),
+                    Reserved::Added { value: 1, .. }
+                ));
+            }))),
+        };
+        assert_eq!(
+            first(&racing, slotted),
+            Reserved::Added {
+                key: "weir:user-slot:requests:minute:3".into(),
+                value: 2
+            }
+        );
         // The same for a write after a read of an existing value.
         let racing = Racing {
             store: &store,
             race: RefCell::new(Some(Box::new(|s: &MemStore| {
-                adjust(s, "c", 7, 5).unwrap();
+                adjust(s, named, 7, 0, 5).unwrap();
             }))),
         };
-        adjust(&racing, "c", 7, 1).unwrap();
-        assert_eq!(read(&store, "c", 7).unwrap(), 8);
+        adjust(&racing, named, 7, 0, 1).unwrap();
+        assert_eq!(read(&store, named, 7), 8);
         // And for idempotency: the racing first use of the same id wins, this one is a repeat.
         let racing = Racing {
             store: &store,
@@ -873,6 +1154,7 @@ pub mod tests {
             scope: "key",
             id: "k".into(),
             limits: &l,
+            counters: Counters::Named,
         }];
         let now = 1_000_040; // 20 s into a minute
         for i in 0..3 {
@@ -903,11 +1185,13 @@ pub mod tests {
                 scope: "key",
                 id: "k".into(),
                 limits: &key,
+                counters: Counters::Named,
             },
             Subject {
                 scope: "team",
                 id: "t".into(),
                 limits: &team,
+                counters: Counters::Named,
             },
         ];
         let a = admit(
@@ -921,7 +1205,7 @@ pub mod tests {
         )
         .unwrap();
         settle(&store, &a, 150, 0).unwrap();
-        assert_eq!(read(&store, "weir:key:k:tokens:day", 0).unwrap(), 150);
+        assert_eq!(read(&store, "weir:key:k:tokens:day", 0), 150);
         // The team refuses: the key's tokens reserved first are given back.
         assert!(matches!(
             admit(
@@ -935,7 +1219,7 @@ pub mod tests {
             ),
             Err(Refusal::RateLimited { .. })
         ));
-        assert_eq!(read(&store, "weir:key:k:tokens:day", 0).unwrap(), 150);
+        assert_eq!(read(&store, "weir:key:k:tokens:day", 0), 150);
     }
 
     #[test]
@@ -946,6 +1230,7 @@ pub mod tests {
             scope: "team",
             id: "t".into(),
             limits: &l,
+            counters: Counters::Named,
         }];
         let a = admit(
             &store,
@@ -985,6 +1270,7 @@ pub mod tests {
             scope: "key",
             id: "k".into(),
             limits: &l,
+            counters: Counters::Named,
         }];
         assert_eq!(
             admit(&store, &subjects, 1, Estimate::default()),
@@ -1017,6 +1303,170 @@ pub mod tests {
         assert_eq!(snap["team"]["spend_per_day"]["limit"], 2_500_000);
     }
 
+    /// Admits one request of `user` (of key `k`); the user's remaining requests, or `None`
+    /// when the user was not counted, or the refusal.
+    fn admit_user(
+        store: &MemStore,
+        config: &LimitsConfig,
+        user: &str,
+        now: u64,
+    ) -> Result<Option<u64>, Refusal> {
+        let subjects = subjects(config, "k", "t", Some(user));
+        let a = admit(store, &subjects, now, Estimate::default())?;
+        assert_eq!(a.uncounted, a.requests.is_none());
+        Ok(a.requests.map(|r| r.remaining))
+    }
+
+    #[test]
+    fn end_users_live_in_a_bounded_table() {
+        let store = MemStore::default();
+        let config: LimitsConfig =
+            toml::from_str("user_slots = 64\n[per_user]\nrequests_per_minute = 2").unwrap();
+        let minute = 6_000_000; // a minute's start
+        let mut uncounted = 0;
+        for i in 0..1_000 {
+            let now = minute + (i / 100) * 60; // ten minutes, 100 new users in each
+            match admit_user(&store, &config, &format!("user-{i}"), now).unwrap() {
+                Some(remaining) => assert_eq!(remaining, 1),
+                None => uncounted += 1,
+            }
+        }
+        // 64 slots, one table: the store never holds more, however many users were seen.
+        assert_eq!(store.keys().len(), 64, "{:?}", store.keys());
+        // Each minute 100 users want 64 slots: the rest are let through uncounted; a
+        // neighbourhood fills before the table does.
+        assert!((360..=800).contains(&uncounted), "{uncounted}");
+        // A counted user is limited in its own slot, the same minute...
+        let now = minute + 9 * 60 + 30;
+        let counted = (900..1_000)
+            .map(|i| format!("user-{i}"))
+            .find(|u| {
+                let subjects = subjects(&config, "k", "t", Some(u));
+                usage_snapshot(&store, &subjects, now)["user"]["requests_per_minute"]["used"] == 1
+            })
+            .unwrap();
+        assert_eq!(admit_user(&store, &config, &counted, now).unwrap(), Some(0));
+        assert!(matches!(
+            admit_user(&store, &config, &counted, now),
+            Err(Refusal::RateLimited { .. })
+        ));
+        // ...and the next minute every slot is free again: the first 64 users are counted.
+        let next = minute + 10 * 60;
+        let counted = (0..64)
+            .filter(|i| admit_user(&store, &config, &format!("new-{i}"), next).unwrap() == Some(1))
+            .count();
+        assert!(counted >= 40, "{counted}");
+        assert_eq!(store.keys().len(), 64);
+    }
+
+    #[test]
+    fn users_sharing_a_home_slot_count_apart() {
+        let store = MemStore::default();
+        let l = limits("requests_per_minute = 2\ntokens_per_day = 1000");
+        let user = |owner| Subject {
+            scope: "user",
+            id: format!("k/{owner}"),
+            limits: &l,
+            counters: Counters::Slotted { owner, slots: 16 },
+        };
+        // Owners 5 and 21 both start at slot 5 of 16.
+        let (a, b) = ([user(5)], [user(21)]);
+        let estimate = Estimate {
+            tokens: 400,
+            spend_micros: 0,
+        };
+        let first_a = admit(&store, &a, 100, estimate).unwrap();
+        let first_b = admit(&store, &b, 100, estimate).unwrap();
+        assert_eq!(first_a.requests.unwrap().remaining, 1);
+        assert_eq!(first_b.requests.unwrap().remaining, 1);
+        assert_eq!(
+            first_a.reservations[0].key,
+            "weir:user-slot:requests:minute:5"
+        );
+        assert_eq!(
+            first_b.reservations[0].key,
+            "weir:user-slot:requests:minute:6"
+        );
+        // Settling goes to each one's own slot.
+        settle(&store, &first_a, 10, 0).unwrap();
+        settle(&store, &first_b, 20, 0).unwrap();
+        assert_eq!(read(&store, "weir:user-slot:tokens:day:5", 0), 10);
+        assert_eq!(read(&store, "weir:user-slot:tokens:day:6", 0), 20);
+        admit(&store, &a, 100, estimate).unwrap();
+        assert!(admit(&store, &a, 100, estimate).is_err());
+        assert_eq!(
+            admit(&store, &b, 100, estimate)
+                .unwrap()
+                .requests
+                .unwrap()
+                .remaining,
+            0
+        );
+        // A refusal gives back the tokens reserved in the user's own slot only.
+        assert_eq!(read(&store, "weir:user-slot:tokens:day:5", 0), 410);
+        assert_eq!(read(&store, "weir:user-slot:tokens:day:6", 0), 420);
+        // The user's usage, for policies.
+        let snap = usage_snapshot(&store, &b, 100);
+        assert_eq!(snap["user"]["requests_per_minute"]["used"], 2);
+        assert_eq!(snap["user"]["tokens_per_day"]["used"], 420);
+    }
+
+    #[test]
+    fn a_full_neighbourhood_lets_users_through_uncounted_and_keys_still_count() {
+        let store = MemStore::default();
+        let config: LimitsConfig = toml::from_str(
+            "user_slots = 8\n[per_user]\nrequests_per_minute = 1\n[per_key]\nrequests_per_minute = 10",
+        )
+        .unwrap();
+        for i in 0..8 {
+            assert_eq!(
+                admit_user(&store, &config, &format!("u{i}"), 60).unwrap(),
+                Some(0)
+            );
+        }
+        let subjects = subjects(&config, "k", "t", Some("u8"));
+        let a = admit(&store, &subjects, 60, Estimate::default()).unwrap();
+        assert!(a.uncounted);
+        assert_eq!(
+            a.requests.unwrap().remaining,
+            1,
+            "the key's limit counted it"
+        );
+        assert_eq!(
+            usage_snapshot(&store, &subjects, 60)["user"]["requests_per_minute"]["used"],
+            serde_json::Value::Null
+        );
+        let a = admit(&store, &subjects, 60, Estimate::default()).unwrap();
+        assert_eq!(a.requests.unwrap().remaining, 0);
+        assert!(matches!(
+            admit(&store, &subjects, 60, Estimate::default()),
+            Err(Refusal::RateLimited { what, .. }) if what.contains("(key k)")
+        ));
+        // Counted users are still refused at their limit.
+        assert!(admit_user(&store, &config, "u3", 60).is_err());
+    }
+
+    #[test]
+    fn default_is_an_empty_table() {
+        assert_eq!(LimitsConfig::default(), toml::from_str("").unwrap());
+    }
+
+    #[test]
+    fn a_users_counters_are_found_by_key_and_user() {
+        let config: LimitsConfig = toml::from_str("[per_user]\nrequests_per_minute = 1").unwrap();
+        let owner = |key, user| match subjects(&config, key, "t", Some(user))[0].counters {
+            Counters::Slotted { owner, slots } => {
+                assert_eq!(slots, DEFAULT_USER_SLOTS);
+                owner
+            }
+            Counters::Named => panic!("a user's counters are slotted"),
+        };
+        assert_eq!(owner("k", "alice"), owner("k", "alice"));
+        assert_ne!(owner("k", "alice"), owner("k2", "alice"));
+        assert_ne!(owner("k", "alice"), owner("k", "bob"));
+        assert_ne!(owner("k/a", "b"), owner("k", "a/b"));
+    }
+
     #[test]
     fn runs_close_at_their_limits() {
         let store = MemStore::default();
@@ -1026,17 +1476,22 @@ pub mod tests {
             spend: None,
             forget_after_seconds: None,
         };
-        let call = |run: &str, fresh: bool| run_call(&store, "k", run, &l, fresh, 1000).unwrap();
+        let call = |id: &str, fresh: bool| {
+            run_call(&store, run("k", id), &l, fresh, 1000)
+                .unwrap()
+                .unwrap()
+        };
         assert!(call("r", false).is_ok());
         assert!(call("r", false).is_ok());
         assert!(call("r", false).is_err(), "third call closes the run");
         assert!(call("r", false).is_err());
         assert!(call("r", true).is_ok(), "a fresh run starts again");
-        run_usage(&store, "k", "r", &l, 120, 0, 1000).unwrap();
+        run_usage(&store, run("k", "r"), &l, 120, 0, 1000).unwrap();
         assert!(call("r", false).is_err(), "the token limit closed it");
         assert!(call("other", false).is_ok());
         // The same run id under another key is another run.
-        assert!(run_call(&store, "k2", "r", &l, false, 1000)
+        assert!(run_call(&store, run("k2", "r"), &l, false, 1000)
+            .unwrap()
             .unwrap()
             .is_ok());
     }
@@ -1047,7 +1502,8 @@ pub mod tests {
         let store = MemStore::default();
         let l = RunLimits::default();
         for i in 0..5000 {
-            run_call(&store, "k", &format!("run-{i}"), &l, false, 1000)
+            run_call(&store, run("k", &format!("run-{i}")), &l, false, 1000)
+                .unwrap()
                 .unwrap()
                 .unwrap();
         }
@@ -1056,20 +1512,40 @@ pub mod tests {
         assert!(keys.iter().all(|k| {
             k.strip_prefix("weir:run:")
                 .and_then(|n| n.parse::<u64>().ok())
-                .is_some_and(|n| n < RUN_SLOTS)
+                .is_some_and(|n| n < DEFAULT_RUN_SLOTS)
         }));
         // Each run kept its own count.
-        let again = run_call(&store, "k", "run-42", &l, false, 1000)
+        let again = run_call(&store, run("k", "run-42"), &l, false, 1000)
+            .unwrap()
             .unwrap()
             .unwrap();
         assert_eq!(again.calls, 2);
     }
 
-    /// When every slot a run may use holds an active run, the run cannot be counted
-    /// (the caller's fail mode decides); once a holder has been idle long enough, its slot
-    /// goes to the newcomer, and the forgotten run starts afresh.
     #[test]
-    fn a_full_neighbourhood_refuses_until_a_run_is_forgotten() {
+    fn a_small_run_table_counts_as_many_runs_as_it_has_slots() {
+        let store = MemStore::default();
+        let l = RunLimits::default();
+        let counted: Vec<bool> = (0..10)
+            .map(|i| {
+                let id = format!("r{i}");
+                let at = RunAt {
+                    key_id: "k",
+                    run_id: &id,
+                    slots: 4,
+                };
+                run_call(&store, at, &l, false, 1000).unwrap().is_some()
+            })
+            .collect();
+        assert_eq!(counted, [[true; 4].as_slice(), &[false; 6]].concat());
+        assert_eq!(store.keys().len(), 4);
+    }
+
+    /// When every slot a run may use holds an active run, the run is not counted (and not
+    /// refused); once a holder has been idle long enough, its slot goes to the newcomer, and
+    /// the forgotten run starts afresh.
+    #[test]
+    fn a_full_neighbourhood_leaves_a_run_uncounted_until_a_run_is_forgotten() {
         let store = MemStore::default();
         let l = RunLimits {
             calls: Some(1),
@@ -1078,7 +1554,7 @@ pub mod tests {
         };
         let newcomer = fingerprint("k", "newcomer");
         for i in 0..RUN_PROBES {
-            let key = format!("weir:run:{}", newcomer.wrapping_add(i) % RUN_SLOTS);
+            let key = format!("weir:run:{}", newcomer.wrapping_add(i) % DEFAULT_RUN_SLOTS);
             let closed = RunState {
                 closed: true,
                 calls: 1,
@@ -1089,21 +1565,29 @@ pub mod tests {
                 .unwrap();
         }
         assert_eq!(
-            run_call(&store, "k", "newcomer", &l, false, 2000),
-            Err(StoreError::Unavailable)
+            run_call(&store, run("k", "newcomer"), &l, false, 2000),
+            Ok(None)
+        );
+        assert_eq!(
+            run_usage(&store, run("k", "newcomer"), &l, 10, 0, 2000),
+            Ok(RunState::default())
         );
         // An hour after the oldest holder's last call, the newcomer takes that slot.
-        let counted = run_call(&store, "k", "newcomer", &l, false, 1000 + 3600).unwrap();
+        let counted = run_call(&store, run("k", "newcomer"), &l, false, 1000 + 3600)
+            .unwrap()
+            .unwrap();
         assert_eq!(counted.map(|s| s.calls), Ok(1));
-        let home = format!("weir:run:{}", newcomer % RUN_SLOTS);
+        let home = format!("weir:run:{}", newcomer % DEFAULT_RUN_SLOTS);
         let (value, _) = store.get(&home).unwrap();
         assert_eq!(decode_run(value).map(|(fp, _, _)| fp), Some(newcomer));
         // The call over the limit closes the run (and is recorded); a refused call on the
         // closed run writes nothing, so it does not keep the run alive.
-        assert!(run_call(&store, "k", "newcomer", &l, false, 5000)
+        assert!(run_call(&store, run("k", "newcomer"), &l, false, 5000)
+            .unwrap()
             .unwrap()
             .is_err());
-        assert!(run_call(&store, "k", "newcomer", &l, false, 6000)
+        assert!(run_call(&store, run("k", "newcomer"), &l, false, 6000)
+            .unwrap()
             .unwrap()
             .is_err());
         let (value, _) = store.get(&home).unwrap();

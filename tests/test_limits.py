@@ -259,3 +259,81 @@ def test_policies_see_current_usage_and_can_tighten_limits(lim):
     assert 1 <= int(refused.headers["retry-after"]) <= 86400
     # A key without key limits has no such usage: the policy lets it through.
     assert chat(lim, lim.keys["run-key"], {"x-weir-policy": "throttle"}).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def tiny(built, tmp_path_factory) -> Running:
+    """A stack whose per-user counter tables have 8 slots each, and its run table 4."""
+    workdir = tmp_path_factory.mktemp("tiny-user-table")
+    config = workdir / "weir.toml"
+    config.write_text(devstack.sample_config_text() + '''
+[limits]
+user_slots = 8
+run_slots = 4
+
+[limits.per_user]
+requests_per_minute = 2
+
+[limits.per_run]
+calls = 2
+
+[limits.keys.tiny-key]
+requests_per_minute = 1000
+''')
+    running = Running(devstack.Stack(workdir / "stack", config=config, concurrency=2))
+    running.keys = {"tiny-key": new_key(config, "--name", "tiny", "--id", "tiny-key", "--team", "tiny", "--scopes", "*")}
+    with serving(running.stack, running):
+        yield running
+
+
+def test_end_users_beyond_the_table_pass_uncounted_and_the_key_still_counts(tiny):
+    """Envoy's shared data cannot delete keys, so end users (named by the client) are counted
+    in fixed tables: a request of a user with no free slot in this window goes through
+    uncounted, says so in its audit record, and still counts against its key."""
+    same_minute()
+    key = tiny.keys["tiny-key"]
+    stamp = time.time_ns()
+    ids = [f"tiny-{i}-{stamp}" for i in range(40)]
+    for i, rid in enumerate(ids):
+        r = chat(tiny, key, {"x-weir-user": rid, "x-weir-request-id": rid})
+        assert r.status_code == 200, r.text
+        # The tightest limit: the user's own (1 of 2 left) while it has a slot, else the key's.
+        expected = "1" if i < 8 else str(1000 - (i + 1))
+        assert r.headers["x-ratelimit-remaining-requests"] == expected, (i, dict(r.headers))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        records = {r["request_id"]: r for r in tiny.audit_records() if r["request_id"] in ids}
+        if len(records) == len(ids):
+            break
+        time.sleep(0.1)
+    assert [records[rid]["limits_uncounted"] for rid in ids] == [False] * 8 + [True] * 32
+    # The users with a slot are still held to their limit (2 a minute), on either worker.
+    first = ids[0]
+    assert chat(tiny, key, {"x-weir-user": first}).status_code == 200
+    refused = chat(tiny, key, {"x-weir-user": first})
+    assert refused.status_code == 429
+    assert f"2 requests per minute (user tiny-key/{first})" in refused.json()["error"]["message"]
+
+
+def test_runs_beyond_the_table_pass_uncounted(tiny):
+    """The run table (4 slots here) counts 4 runs at once; a fifth is let through uncounted
+    rather than refused, and says so in its audit record."""
+    key = tiny.keys["tiny-key"]
+    stamp = time.time_ns()
+    runs = [f"run-{i}-{stamp}" for i in range(6)]
+    rids = []
+    for run in runs:
+        for call in range(3):
+            rid = f"{run}-{call}"
+            rids.append(rid)
+            r = chat(tiny, key, {"x-weir-run-id": run, "x-weir-request-id": rid})
+            # Counted runs close after 2 calls; uncounted ones never do.
+            counted = run in runs[:4]
+            assert r.status_code == (409 if counted and call == 2 else 200), (run, call, r.text)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        records = {r["request_id"]: r for r in tiny.audit_records() if r["request_id"] in rids}
+        if len(records) == len(rids):
+            break
+        time.sleep(0.1)
+    assert [records[rid]["limits_uncounted"] for rid in rids] == [False] * 12 + [True] * 6

@@ -64,9 +64,15 @@ impl WeirHttp {
 
         if let (Some(run_limits), Some(run_id)) = (&limits.per_run, self.directives.run_id.clone())
         {
-            match run_call(&store, &key_id, &run_id, run_limits, self.new_run, now) {
-                Ok(Ok(_)) => self.run_counted = true,
-                Ok(Err(state)) => {
+            let run = RunAt {
+                key_id: &key_id,
+                run_id: &run_id,
+                slots: limits.run_slots,
+            };
+            match run_call(&store, run, run_limits, self.new_run, now) {
+                Ok(Some(Ok(_))) => self.run_counted = true,
+                Ok(None) => self.record.limits_uncounted = true,
+                Ok(Some(Err(state))) => {
                     return Err(self.reject(
                         GatewayError::new(
                             ErrorKind::Conflict,
@@ -113,6 +119,7 @@ impl WeirHttp {
         match admit(&store, &subjects, now, estimate) {
             Ok(admission) => {
                 self.headroom = (admission.requests, admission.tokens);
+                self.record.limits_uncounted |= admission.uncounted;
                 self.admission = Some(admission);
                 Ok(())
             }
@@ -174,21 +181,24 @@ impl WeirHttp {
             }
         }
         if self.run_counted {
-            let limits = self
-                .gateway
-                .as_ref()
-                .and_then(|g| g.limits.as_ref())
-                .and_then(|l| l.per_run.clone());
-            if let (Some(limits), Some(key), Some(run)) = (
+            let limits = self.gateway.as_ref().and_then(|g| g.limits.as_ref());
+            let per_run = limits.and_then(|l| l.per_run.as_ref());
+            if let (Some(limits), Some(per_run), Some(key), Some(run)) = (
                 limits,
-                self.record.key_id.clone(),
-                self.directives.run_id.clone(),
+                per_run,
+                self.record.key_id.as_deref(),
+                self.directives.run_id.as_deref(),
             ) {
                 let now = host::now()
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map(|d| d.as_secs())
                     .unwrap_or(0);
-                if run_usage(&store, &key, &run, &limits, tokens, spend, now).is_err() {
+                let at = RunAt {
+                    key_id: key,
+                    run_id: run,
+                    slots: limits.run_slots,
+                };
+                if run_usage(&store, at, per_run, tokens, spend, now).is_err() {
                     log::warn!("weir: could not add the usage to run {run}");
                 }
             }
