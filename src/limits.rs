@@ -797,22 +797,19 @@ fn encode_run(fingerprint: u64, touched: u64, s: RunState) -> Vec<u8> {
 /// Applies `f` to the run's state: the slot that holds the run, else a free one (empty, or
 /// its run idle for `forget_after` seconds), claimed for it. `Ok(None)` when every slot the
 /// run may use holds an active run (the table is full there): the run is not counted.
-#[allow(clippy::too_many_arguments)]
 fn update_run(
     store: &dyn Store,
-    key_id: &str,
-    run_id: &str,
-    slots: u64,
+    run: RunAt<'_>,
     now: u64,
     forget_after: u64,
     f: &dyn Fn(RunState) -> Result<RunState, RunState>,
 ) -> Result<Option<Result<RunState, RunState>>, StoreError> {
-    let fingerprint = fingerprint(key_id, run_id);
+    let fingerprint = fingerprint(run.key_id, run.run_id);
     for _ in 0..RETRIES {
         let mut home = None;
         // (key, cas, idle seconds): the best slot to claim if the run is not there.
         let mut free: Option<(String, Option<u32>, u64)> = None;
-        let slots = slots.max(1);
+        let slots = run.slots.max(1);
         for i in 0..RUN_PROBES.min(slots) {
             let key = format!("weir:run:{}", fingerprint.wrapping_add(i) % slots);
             let (value, cas) = store.get(&key)?;
@@ -871,25 +868,17 @@ pub fn run_call(
     fresh: bool,
     now: u64,
 ) -> Result<Option<Result<RunState, RunState>>, StoreError> {
-    update_run(
-        store,
-        run.key_id,
-        run.run_id,
-        run.slots,
-        now,
-        limits.forget_after(),
-        &|s| {
-            let s = if fresh { RunState::default() } else { s };
-            if s.closed {
-                return Err(s);
-            }
-            let calls = s.calls + 1;
-            if limits.calls.is_some_and(|max| calls > max) {
-                return Ok(RunState { closed: true, ..s });
-            }
-            Ok(RunState { calls, ..s })
-        },
-    )
+    update_run(store, run, now, limits.forget_after(), &|s| {
+        let s = if fresh { RunState::default() } else { s };
+        if s.closed {
+            return Err(s);
+        }
+        let calls = s.calls + 1;
+        if limits.calls.is_some_and(|max| calls > max) {
+            return Ok(RunState { closed: true, ..s });
+        }
+        Ok(RunState { calls, ..s })
+    })
     .map(|r| {
         r.map(|r| match r {
             Ok(s) if s.closed => Err(s),
@@ -907,27 +896,19 @@ pub fn run_usage(
     spend_micros: u64,
     now: u64,
 ) -> Result<RunState, StoreError> {
-    let r = update_run(
-        store,
-        run.key_id,
-        run.run_id,
-        run.slots,
-        now,
-        limits.forget_after(),
-        &|s| {
-            let tokens = s.tokens.saturating_add(tokens);
-            let spend_micros = s.spend_micros.saturating_add(spend_micros);
-            let closed = s.closed
-                || limits.tokens.is_some_and(|max| tokens >= max)
-                || limits.spend.is_some_and(|max| spend_micros >= max.0);
-            Ok(RunState {
-                closed,
-                tokens,
-                spend_micros,
-                ..s
-            })
-        },
-    )?;
+    let r = update_run(store, run, now, limits.forget_after(), &|s| {
+        let tokens = s.tokens.saturating_add(tokens);
+        let spend_micros = s.spend_micros.saturating_add(spend_micros);
+        let closed = s.closed
+            || limits.tokens.is_some_and(|max| tokens >= max)
+            || limits.spend.is_some_and(|max| spend_micros >= max.0);
+        Ok(RunState {
+            closed,
+            tokens,
+            spend_micros,
+            ..s
+        })
+    })?;
     Ok(r.map(|r| r.unwrap_or_else(|s| s)).unwrap_or_default())
 }
 
