@@ -375,6 +375,24 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// `model` as a metric label: itself when the configuration names it (a tier's target or
+    /// the price table), else `other`. A client may send any `provider/model`, and every
+    /// label value is a new stat Envoy never frees: labels must stay bounded.
+    pub fn metric_model<'a>(&self, model: &'a str) -> &'a str {
+        let known = self.prices.contains_key(model)
+            || self
+                .tiers
+                .values()
+                .any(|t| t.targets.iter().any(|target| target.model == model));
+        if known {
+            model
+        } else {
+            "other"
+        }
+    }
+}
+
 /// Names that end up in headers, stats or JSON: keep them plain.
 fn check_name(path: &str, name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
@@ -885,6 +903,20 @@ mod tests {
             Some((1_893_456_000, "2030-01-01T00:00:00Z".to_string()))
         );
         assert!(moved.keys.contains_id("k3") && !moved.keys.contains_id("k4"));
+    }
+
+    #[test]
+    fn metric_labels_name_configured_models_only() {
+        let mut c = sample();
+        c.prices.insert(
+            "gpt-4.1".into(),
+            toml::from_str("input = \"2\"\noutput = \"8\"").unwrap(),
+        );
+        let g = c.compile().unwrap();
+        assert_eq!(g.metric_model("gpt-4o-mini"), "gpt-4o-mini");
+        assert_eq!(g.metric_model("llama"), "llama");
+        assert_eq!(g.metric_model("gpt-4.1"), "gpt-4.1");
+        assert_eq!(g.metric_model("made-up-123"), "other");
     }
 
     #[test]

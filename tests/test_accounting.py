@@ -314,3 +314,13 @@ def test_prometheus_metrics_have_real_labels(built, tmp_path):
             for u in usages)
         assert get("weir_cost_micros_total", model="gpt-4o-mini", team="demo") == expected
         assert any(name == "weir_ttfb_ms_count" for name, _ in m)
+
+        # A client may name any `provider/model`; a model the configuration does not name is
+        # labelled `other`, so made-up names cannot add stats without bound (Envoy never frees one).
+        made_up = [client.chat.completions.create(model=f"openai/made-up-{i}", messages=MESSAGES).usage
+                   for i in range(5)]
+        time.sleep(0.5)
+        m = scrape(stack)
+        assert not [key for key in m if any("made-up" in value for _, value in key[1])]
+        assert get("weir_tokens_total", direction="prompt", model="other") == sum(u.prompt_tokens for u in made_up)
+        assert get("weir_unpriced_requests_total", model="other") == 5

@@ -231,7 +231,10 @@ impl WeirHttp {
             tier: r.tier.as_deref().unwrap_or("none"),
             decision: r.decision,
             status: r.status,
-            model: self.target_model.as_deref().unwrap_or("none"),
+            model: match (&self.gateway, self.target_model.as_deref()) {
+                (Some(g), Some(model)) => g.metric_model(model),
+                _ => "none",
+            },
             team: r.team.as_deref().unwrap_or("none"),
             tokens: r.usage.map(|u| {
                 [
