@@ -934,23 +934,28 @@ mod tests {
     }
 
     #[test]
-    fn user_table_size_is_checked() {
+    fn table_sizes_are_checked() {
+        let max = crate::limits::MAX_TABLE_SLOTS;
         for (slots, ok) in [
             (0, false),
             (1, true),
             (65_536, true),
-            (1 << 24, true),
-            ((1 << 24) + 1, false),
+            (max, true),
+            (max + 1, false),
         ] {
-            let mut c = sample();
-            c.limits = Some(crate::limits::LimitsConfig {
-                user_slots: slots,
-                ..Default::default()
-            });
-            let result = c.compile();
-            assert_eq!(result.is_ok(), ok, "{slots}");
-            if let Err(e) = result {
-                assert_eq!(e.path, "limits.user_slots");
+            for field in ["user_slots", "run_slots"] {
+                let mut limits = crate::limits::LimitsConfig::default();
+                match field {
+                    "user_slots" => limits.user_slots = slots,
+                    _ => limits.run_slots = slots,
+                }
+                let mut c = sample();
+                c.limits = Some(limits);
+                let result = c.compile();
+                assert_eq!(result.is_ok(), ok, "{field} = {slots}");
+                if let Err(e) = result {
+                    assert_eq!(e.path, format!("limits.{field}"));
+                }
             }
         }
     }
