@@ -603,6 +603,7 @@ impl Config {
             for (path, slots) in [
                 ("limits.user_slots", l.user_slots),
                 ("limits.run_slots", l.run_slots),
+                ("limits.idempotency_slots", l.idempotency_slots),
             ] {
                 if !(1..=crate::limits::MAX_TABLE_SLOTS).contains(&slots) {
                     return Err(err(
@@ -943,11 +944,12 @@ mod tests {
             (max, true),
             (max + 1, false),
         ] {
-            for field in ["user_slots", "run_slots"] {
+            for field in ["user_slots", "run_slots", "idempotency_slots"] {
                 let mut limits = crate::limits::LimitsConfig::default();
                 match field {
                     "user_slots" => limits.user_slots = slots,
-                    _ => limits.run_slots = slots,
+                    "run_slots" => limits.run_slots = slots,
+                    _ => limits.idempotency_slots = slots,
                 }
                 let mut c = sample();
                 c.limits = Some(limits);

@@ -380,6 +380,9 @@ pub struct LimitsConfig {
     /// (409); 0 turns it off.
     #[serde(default = "default_idempotency_window")]
     pub idempotency_window_seconds: u64,
+    /// Slots of the idempotency table: the most request ids remembered at once.
+    #[serde(default = "default_idempotency_slots")]
+    pub idempotency_slots: u64,
     /// `max_tokens` assumed for the reservation when a request sets none.
     #[serde(default = "default_reserve_tokens")]
     pub default_max_tokens: u64,
@@ -398,6 +401,7 @@ impl Default for LimitsConfig {
             per_run: None,
             fail_mode: FailMode::default(),
             idempotency_window_seconds: default_idempotency_window(),
+            idempotency_slots: default_idempotency_slots(),
             default_max_tokens: default_reserve_tokens(),
         }
     }
@@ -408,6 +412,9 @@ fn default_run_slots() -> u64 {
 }
 fn default_user_slots() -> u64 {
     DEFAULT_USER_SLOTS
+}
+fn default_idempotency_slots() -> u64 {
+    DEFAULT_IDEMPOTENCY_SLOTS
 }
 fn default_idempotency_window() -> u64 {
     600
@@ -912,27 +919,61 @@ pub fn run_usage(
     Ok(r.map(|r| r.unwrap_or_else(|s| s)).unwrap_or_default())
 }
 
-/// Slots of the idempotency table: bounded memory; a newer id can evict an older one in
-/// the same slot (then its repeat is not detected).
-pub const IDEMPOTENCY_SLOTS: u64 = 65_536;
+/// Default slots of the idempotency table (`limits.idempotency_slots`): the most request
+/// ids remembered at once (bounded memory).
+pub const DEFAULT_IDEMPOTENCY_SLOTS: u64 = 65_536;
+/// Slots a request id may occupy: its home slot and the next ones.
+pub const IDEMPOTENCY_PROBES: u64 = 4;
 
-/// Records `request_id` for `key_id`; `Ok(Err(first_seen))` when it was seen within
-/// `window` seconds.
+/// A request id of `key_id` to check: the id, the window (seconds) and the table's size.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestIdAt<'a> {
+    pub key_id: &'a str,
+    pub request_id: &'a str,
+    pub window: u64,
+    pub slots: u64,
+}
+
+/// Records a request id; `Ok(Err(first_seen))` when it was seen within the window. An id is
+/// written to the first of its slots that is empty or holds an expired id, so it is
+/// remembered for its whole window unless more ids than the neighbourhood holds arrive
+/// within one window: then the oldest of them gives way (its repeat is no longer caught).
 pub fn first_use(
     store: &dyn Store,
-    key_id: &str,
-    request_id: &str,
+    id: RequestIdAt<'_>,
     now: u64,
-    window: u64,
 ) -> Result<Result<(), u64>, StoreError> {
-    let h = fingerprint(key_id, request_id);
-    let key = format!("weir:idem:{}", h % IDEMPOTENCY_SLOTS);
+    let h = fingerprint(id.key_id, id.request_id);
+    let slots = id.slots.max(1);
     for _ in 0..RETRIES {
-        let (value, cas) = store.get(&key)?;
-        let (stored_hash, seen) = decode(value);
-        if stored_hash == h && now.saturating_sub(seen) < window {
-            return Ok(Err(seen));
+        // (key, cas, seen, free): where to write; a free slot beats the oldest live one.
+        let mut target: Option<(String, Option<u32>, u64, bool)> = None;
+        for i in 0..IDEMPOTENCY_PROBES.min(slots) {
+            let key = format!("weir:idem:{}", h.wrapping_add(i) % slots);
+            let (value, cas) = store.get(&key)?;
+            let empty = value.is_none();
+            let (stored_hash, seen) = decode(value);
+            let live = !empty && now.saturating_sub(seen) < id.window;
+            if live && stored_hash == h {
+                return Ok(Err(seen));
+            }
+            let better = match &target {
+                None => true,
+                Some((.., free)) if *free => false,
+                Some((_, _, oldest, _)) => !live || seen < *oldest,
+            };
+            if better {
+                target = Some((key, cas, seen, !live));
+            }
+            // Ids go to the first free slot, and a slot once written is never empty again:
+            // no id of this neighbourhood was written past an empty slot.
+            if empty {
+                break;
+            }
         }
+        let Some((key, cas, ..)) = target else {
+            return Err(StoreError::Unavailable);
+        };
         match store.set(&key, &encode(h, now), cas) {
             Ok(()) => return Ok(Ok(())),
             Err(StoreError::Conflict) => continue,
@@ -997,6 +1038,15 @@ pub mod tests {
             key_id,
             run_id,
             slots: DEFAULT_RUN_SLOTS,
+        }
+    }
+
+    fn idem<'a>(key_id: &'a str, request_id: &'a str, window: u64) -> RequestIdAt<'a> {
+        RequestIdAt {
+            key_id,
+            request_id,
+            window,
+            slots: DEFAULT_IDEMPOTENCY_SLOTS,
         }
     }
 
@@ -1121,10 +1171,13 @@ pub mod tests {
         let racing = Racing {
             store: &store,
             race: RefCell::new(Some(Box::new(|s: &MemStore| {
-                assert_eq!(first_use(s, "k", "req-1", 100, 60).unwrap(), Ok(()));
+                assert_eq!(first_use(s, idem("k", "req-1", 60), 100).unwrap(), Ok(()));
             }))),
         };
-        assert_eq!(first_use(&racing, "k", "req-1", 100, 60).unwrap(), Err(100));
+        assert_eq!(
+            first_use(&racing, idem("k", "req-1", 60), 100).unwrap(),
+            Err(100)
+        );
     }
 
     #[test]
@@ -1589,16 +1642,53 @@ pub mod tests {
     #[test]
     fn idempotency() {
         let store = MemStore::default();
-        assert_eq!(first_use(&store, "k", "req-1", 100, 600).unwrap(), Ok(()));
-        assert_eq!(first_use(&store, "k", "req-1", 200, 600).unwrap(), Err(100));
         assert_eq!(
-            first_use(&store, "other-key", "req-1", 200, 600).unwrap(),
+            first_use(&store, idem("k", "req-1", 600), 100).unwrap(),
             Ok(())
         );
         assert_eq!(
-            first_use(&store, "k", "req-1", 800, 600).unwrap(),
+            first_use(&store, idem("k", "req-1", 600), 200).unwrap(),
+            Err(100)
+        );
+        assert_eq!(
+            first_use(&store, idem("other-key", "req-1", 600), 200).unwrap(),
+            Ok(())
+        );
+        assert_eq!(
+            first_use(&store, idem("k", "req-1", 600), 800).unwrap(),
             Ok(()),
             "outside the window"
         );
+    }
+
+    #[test]
+    fn request_ids_are_remembered_for_their_window_in_a_small_table() {
+        let store = MemStore::default();
+        let at = |id: &'static str| RequestIdAt {
+            key_id: "k",
+            request_id: id,
+            window: 600,
+            slots: 4,
+        };
+        // Four ids fill the table; each repeat is caught, whatever slots they share.
+        for (i, id) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            assert_eq!(first_use(&store, at(id), 100 + i as u64).unwrap(), Ok(()));
+        }
+        for (i, id) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            assert_eq!(first_use(&store, at(id), 200).unwrap(), Err(100 + i as u64));
+        }
+        assert_eq!(store.keys().len(), 4);
+        // A fifth id within the window: the oldest gives way.
+        assert_eq!(first_use(&store, at("e"), 300).unwrap(), Ok(()));
+        assert_eq!(first_use(&store, at("e"), 301).unwrap(), Err(300));
+        assert_eq!(first_use(&store, at("b"), 301).unwrap(), Err(101));
+        // Once "b" has expired, a new id takes its slot, and every live id stays.
+        assert_eq!(first_use(&store, at("f"), 101 + 600).unwrap(), Ok(()));
+        for (id, seen) in [("c", 102), ("d", 103), ("e", 300), ("f", 701)] {
+            assert_eq!(first_use(&store, at(id), 701).unwrap(), Err(seen), "{id}");
+        }
+        // "a" gave way to "e": its repeat is a first use again.
+        assert_eq!(first_use(&store, at("a"), 701).unwrap(), Ok(()));
+        assert_eq!(store.keys().len(), 4);
     }
 }

@@ -263,13 +263,14 @@ def test_policies_see_current_usage_and_can_tighten_limits(lim):
 
 @pytest.fixture(scope="module")
 def tiny(built, tmp_path_factory) -> Running:
-    """A stack whose per-user counter tables have 8 slots each, and its run table 4."""
+    """A stack whose per-user counter tables have 8 slots each, its run and request id tables 4."""
     workdir = tmp_path_factory.mktemp("tiny-user-table")
     config = workdir / "weir.toml"
     config.write_text(devstack.sample_config_text() + '''
 [limits]
 user_slots = 8
 run_slots = 4
+idempotency_slots = 4
 
 [limits.per_user]
 requests_per_minute = 2
@@ -337,3 +338,18 @@ def test_runs_beyond_the_table_pass_uncounted(tiny):
             break
         time.sleep(0.1)
     assert [records[rid]["limits_uncounted"] for rid in rids] == [False] * 12 + [True] * 6
+
+
+def test_a_full_request_id_table_still_catches_every_repeat(tiny):
+    """Four request ids in a table of four slots: every repeat is caught (an id is written
+    to a free slot of its neighbourhood, not over another live id; with one slot per id, as
+    before, four ids shared a slot nine times in ten); a fifth id still gets through."""
+    key = tiny.keys["tiny-key"]
+    time.sleep(1.1)  # newer than every id the other tests left in the table
+    stamp = time.time_ns()
+    ids = [f"idem-{i}-{stamp}" for i in range(4)]
+    assert [chat(tiny, key, {"x-weir-request-id": rid}).status_code for rid in ids] == [200] * 4
+    repeats = [chat(tiny, key, {"x-weir-request-id": rid}) for rid in ids]
+    assert [r.status_code for r in repeats] == [409] * 4
+    assert all(r.json()["error"]["code"] == "duplicate_request" for r in repeats)
+    assert chat(tiny, key, {"x-weir-request-id": f"idem-new-{stamp}"}).status_code == 200

@@ -35,13 +35,13 @@ impl WeirHttp {
         };
 
         if self.client_request_id && limits.idempotency_window_seconds > 0 {
-            match first_use(
-                &store,
-                &key_id,
-                &self.record.request_id,
-                now,
-                limits.idempotency_window_seconds,
-            ) {
+            let id = RequestIdAt {
+                key_id: &key_id,
+                request_id: &self.record.request_id,
+                window: limits.idempotency_window_seconds,
+                slots: limits.idempotency_slots,
+            };
+            match first_use(&store, id, now) {
                 Ok(Ok(())) => {}
                 Ok(Err(first)) => {
                     let at = humantime::format_rfc3339_seconds(

@@ -29,7 +29,7 @@ use crate::jwt::{self, JwtIdentity};
 use crate::keys::{presented_key, PresentedKey};
 use crate::limits::{
     admit, first_use, run_call, run_usage, settle, subjects as limit_subjects, usage_snapshot,
-    Admission, Estimate, FailMode, Headroom, LimitsConfig, Refusal, RunAt,
+    Admission, Estimate, FailMode, Headroom, LimitsConfig, Refusal, RequestIdAt, RunAt,
 };
 use crate::models;
 use crate::policy::{CallerInput, Decision, InputParts, ParamsInput};
