@@ -75,13 +75,15 @@ pub struct RequestMetrics<'a> {
     pub ttfb_ms: Option<u64>,
     /// The policy evaluated: its name, whether the decision was a kept one, microseconds.
     pub policy: Option<(&'a str, bool, u64)>,
+    /// A per-user or per-run limit did not count the request (its table had no slot).
+    pub limits_uncounted: bool,
 }
 
 const TOKEN_DIRECTIONS: [&str; 5] = ["prompt", "completion", "cached", "cache_write", "reasoning"];
 
 /// How many metrics one label combination has: requests_total, tokens by direction (5),
-/// cost, unpriced, ttfb, policy_eval_us.
-pub const SLOTS: usize = 10;
+/// cost, unpriced, ttfb, policy_eval_us, limits_uncounted.
+pub const SLOTS: usize = 11;
 
 /// A label combination's metric ids, by slot (`None`: not defined yet).
 pub type Ids = [Option<u32>; SLOTS];
@@ -136,6 +138,9 @@ impl RequestMetrics<'_> {
             let cached = if cached { "true" } else { "false" };
             let labels = [("policy", name), ("cached", cached)];
             update(9, Kind::Histogram, "weir_policy_eval_us", &labels, micros);
+        }
+        if self.limits_uncounted {
+            update(10, Kind::Counter, "weir_limits_uncounted_total", &[], 1);
         }
     }
 
@@ -243,6 +248,7 @@ mod tests {
             unpriced: false,
             ttfb_ms: Some(2),
             policy,
+            limits_uncounted: false,
         }
     }
 
@@ -311,6 +317,7 @@ mod tests {
             cost_micros: None,
             ttfb_ms: None,
             unpriced: true,
+            limits_uncounted: true,
             ..request(401, None)
         };
         refused.for_each_update(|slot, _, base, _, _| denied.push((slot, base.to_string())));
@@ -318,7 +325,8 @@ mod tests {
             denied,
             [
                 (0, "weir_requests_total".to_string()),
-                (7, "weir_unpriced_requests_total".to_string())
+                (7, "weir_unpriced_requests_total".to_string()),
+                (10, "weir_limits_uncounted_total".to_string())
             ]
         );
     }

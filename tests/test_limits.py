@@ -3,6 +3,7 @@ concurrent clients: the counters live in Envoy's shared data, shared by both wor
 from __future__ import annotations
 
 import concurrent.futures
+import re
 import threading
 import time
 
@@ -308,6 +309,10 @@ def test_end_users_beyond_the_table_pass_uncounted_and_the_key_still_counts(tiny
             break
         time.sleep(0.1)
     assert [records[rid]["limits_uncounted"] for rid in ids] == [False] * 8 + [True] * 32
+    # And in a metric, for alerts: the table is too small for the users of a window.
+    stats = httpx.get(tiny.stack.admin + "/stats/prometheus", timeout=10).text
+    uncounted = re.search(r"^weir_limits_uncounted_total(?:\{\})? (\d+)$", stats, re.M)
+    assert uncounted and int(uncounted.group(1)) >= 32, [l for l in stats.splitlines() if "uncounted" in l]
     # The users with a slot are still held to their limit (2 a minute), on either worker.
     first = ids[0]
     assert chat(tiny, key, {"x-weir-user": first}).status_code == 200

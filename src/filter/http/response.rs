@@ -249,6 +249,7 @@ impl WeirHttp {
             unpriced: r.cost_status == Some("unpriced"),
             ttfb_ms: r.ttfb_ms.map(|ms| ms as u64),
             policy,
+            limits_uncounted: r.limits_uncounted,
         });
     }
 }
