@@ -934,6 +934,15 @@ pub struct RequestIdAt<'a> {
     pub slots: u64,
 }
 
+/// What recording a first use did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Remembered {
+    /// In a free slot (empty, or its id's window over).
+    Free,
+    /// Over the oldest live id of the neighbourhood, whose repeat is no longer caught.
+    Evicted,
+}
+
 /// Records a request id; `Ok(Err(first_seen))` when it was seen within the window. An id is
 /// written to the first of its slots that is empty or holds an expired id, so it is
 /// remembered for its whole window unless more ids than the neighbourhood holds arrive
@@ -942,7 +951,7 @@ pub fn first_use(
     store: &dyn Store,
     id: RequestIdAt<'_>,
     now: u64,
-) -> Result<Result<(), u64>, StoreError> {
+) -> Result<Result<Remembered, u64>, StoreError> {
     let h = fingerprint(id.key_id, id.request_id);
     let slots = id.slots.max(1);
     for _ in 0..RETRIES {
@@ -971,11 +980,17 @@ pub fn first_use(
                 break;
             }
         }
-        let Some((key, cas, ..)) = target else {
+        let Some((key, cas, _, free)) = target else {
             return Err(StoreError::Unavailable);
         };
         match store.set(&key, &encode(h, now), cas) {
-            Ok(()) => return Ok(Ok(())),
+            Ok(()) => {
+                return Ok(Ok(if free {
+                    Remembered::Free
+                } else {
+                    Remembered::Evicted
+                }))
+            }
             Err(StoreError::Conflict) => continue,
             Err(e) => return Err(e),
         }
@@ -1171,7 +1186,10 @@ pub mod tests {
         let racing = Racing {
             store: &store,
             race: RefCell::new(Some(Box::new(|s: &MemStore| {
-                assert_eq!(first_use(s, idem("k", "req-1", 60), 100).unwrap(), Ok(()));
+                assert_eq!(
+                    first_use(s, idem("k", "req-1", 60), 100).unwrap(),
+                    Ok(Remembered::Free)
+                );
             }))),
         };
         assert_eq!(
@@ -1644,7 +1662,7 @@ pub mod tests {
         let store = MemStore::default();
         assert_eq!(
             first_use(&store, idem("k", "req-1", 600), 100).unwrap(),
-            Ok(())
+            Ok(Remembered::Free)
         );
         assert_eq!(
             first_use(&store, idem("k", "req-1", 600), 200).unwrap(),
@@ -1652,11 +1670,11 @@ pub mod tests {
         );
         assert_eq!(
             first_use(&store, idem("other-key", "req-1", 600), 200).unwrap(),
-            Ok(())
+            Ok(Remembered::Free)
         );
         assert_eq!(
             first_use(&store, idem("k", "req-1", 600), 800).unwrap(),
-            Ok(()),
+            Ok(Remembered::Free),
             "outside the window"
         );
     }
@@ -1672,23 +1690,35 @@ pub mod tests {
         };
         // Four ids fill the table; each repeat is caught, whatever slots they share.
         for (i, id) in ["a", "b", "c", "d"].into_iter().enumerate() {
-            assert_eq!(first_use(&store, at(id), 100 + i as u64).unwrap(), Ok(()));
+            assert_eq!(
+                first_use(&store, at(id), 100 + i as u64).unwrap(),
+                Ok(Remembered::Free)
+            );
         }
         for (i, id) in ["a", "b", "c", "d"].into_iter().enumerate() {
             assert_eq!(first_use(&store, at(id), 200).unwrap(), Err(100 + i as u64));
         }
         assert_eq!(store.keys().len(), 4);
         // A fifth id within the window: the oldest gives way.
-        assert_eq!(first_use(&store, at("e"), 300).unwrap(), Ok(()));
+        assert_eq!(
+            first_use(&store, at("e"), 300).unwrap(),
+            Ok(Remembered::Evicted)
+        );
         assert_eq!(first_use(&store, at("e"), 301).unwrap(), Err(300));
         assert_eq!(first_use(&store, at("b"), 301).unwrap(), Err(101));
         // Once "b" has expired, a new id takes its slot, and every live id stays.
-        assert_eq!(first_use(&store, at("f"), 101 + 600).unwrap(), Ok(()));
+        assert_eq!(
+            first_use(&store, at("f"), 101 + 600).unwrap(),
+            Ok(Remembered::Free)
+        );
         for (id, seen) in [("c", 102), ("d", 103), ("e", 300), ("f", 701)] {
             assert_eq!(first_use(&store, at(id), 701).unwrap(), Err(seen), "{id}");
         }
         // "a" gave way to "e": its repeat is a first use again.
-        assert_eq!(first_use(&store, at("a"), 701).unwrap(), Ok(()));
+        assert_eq!(
+            first_use(&store, at("a"), 701).unwrap(),
+            Ok(Remembered::Evicted)
+        );
         assert_eq!(store.keys().len(), 4);
     }
 }

@@ -77,13 +77,15 @@ pub struct RequestMetrics<'a> {
     pub policy: Option<(&'a str, bool, u64)>,
     /// A per-user or per-run limit did not count the request (its table had no slot).
     pub limits_uncounted: bool,
+    /// Recording the request's id evicted a live id from the idempotency table.
+    pub idempotency_evicted: bool,
 }
 
 const TOKEN_DIRECTIONS: [&str; 5] = ["prompt", "completion", "cached", "cache_write", "reasoning"];
 
 /// How many metrics one label combination has: requests_total, tokens by direction (5),
-/// cost, unpriced, ttfb, policy_eval_us, limits_uncounted.
-pub const SLOTS: usize = 11;
+/// cost, unpriced, ttfb, policy_eval_us, limits_uncounted, idempotency_evictions.
+pub const SLOTS: usize = 12;
 
 /// A label combination's metric ids, by slot (`None`: not defined yet).
 pub type Ids = [Option<u32>; SLOTS];
@@ -141,6 +143,15 @@ impl RequestMetrics<'_> {
         }
         if self.limits_uncounted {
             update(10, Kind::Counter, "weir_limits_uncounted_total", &[], 1);
+        }
+        if self.idempotency_evicted {
+            update(
+                11,
+                Kind::Counter,
+                "weir_idempotency_evictions_total",
+                &[],
+                1,
+            );
         }
     }
 
@@ -249,6 +260,7 @@ mod tests {
             ttfb_ms: Some(2),
             policy,
             limits_uncounted: false,
+            idempotency_evicted: false,
         }
     }
 
@@ -318,6 +330,7 @@ mod tests {
             ttfb_ms: None,
             unpriced: true,
             limits_uncounted: true,
+            idempotency_evicted: true,
             ..request(401, None)
         };
         refused.for_each_update(|slot, _, base, _, _| denied.push((slot, base.to_string())));
@@ -326,7 +339,8 @@ mod tests {
             [
                 (0, "weir_requests_total".to_string()),
                 (7, "weir_unpriced_requests_total".to_string()),
-                (10, "weir_limits_uncounted_total".to_string())
+                (10, "weir_limits_uncounted_total".to_string()),
+                (11, "weir_idempotency_evictions_total".to_string())
             ]
         );
     }

@@ -357,4 +357,14 @@ def test_a_full_request_id_table_still_catches_every_repeat(tiny):
     repeats = [chat(tiny, key, {"x-weir-request-id": rid}) for rid in ids]
     assert [r.status_code for r in repeats] == [409] * 4
     assert all(r.json()["error"]["code"] == "duplicate_request" for r in repeats)
+    # It takes the oldest one's slot, and a metric says an id was evicted (size the table).
+    before = evictions(tiny)
     assert chat(tiny, key, {"x-weir-request-id": f"idem-new-{stamp}"}).status_code == 200
+    time.sleep(0.3)  # the metric is written in the log phase, after the response
+    assert evictions(tiny) == before + 1
+
+
+def evictions(running: Running) -> int:
+    stats = httpx.get(running.stack.admin + "/stats/prometheus", timeout=10).text
+    found = re.search(r"^weir_idempotency_evictions_total(?:\{\})? (\d+)$", stats, re.M)
+    return int(found.group(1)) if found else 0

@@ -42,7 +42,9 @@ impl WeirHttp {
                 slots: limits.idempotency_slots,
             };
             match first_use(&store, id, now) {
-                Ok(Ok(())) => {}
+                Ok(Ok(remembered)) => {
+                    self.idempotency_evicted = remembered == Remembered::Evicted;
+                }
                 Ok(Err(first)) => {
                     let at = humantime::format_rfc3339_seconds(
                         SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(first),

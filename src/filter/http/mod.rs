@@ -29,7 +29,7 @@ use crate::jwt::{self, JwtIdentity};
 use crate::keys::{presented_key, PresentedKey};
 use crate::limits::{
     admit, first_use, run_call, run_usage, settle, subjects as limit_subjects, usage_snapshot,
-    Admission, Estimate, FailMode, Headroom, LimitsConfig, Refusal, RequestIdAt, RunAt,
+    Admission, Estimate, FailMode, Headroom, LimitsConfig, Refusal, Remembered, RequestIdAt, RunAt,
 };
 use crate::models;
 use crate::policy::{CallerInput, Decision, InputParts, ParamsInput};
@@ -143,6 +143,8 @@ pub struct WeirHttp {
     /// For the `x-ratelimit-*` headers.
     headroom: (Option<Headroom>, Option<Headroom>),
     run_counted: bool,
+    /// Recording this request's id evicted a live one (the idempotency table is too small).
+    idempotency_evicted: bool,
     /// The response is translated back to the client's API: `Some(client's include_usage)`.
     translating: Option<bool>,
     /// The client asked for the usage chunk itself (`stream_options.include_usage`).
@@ -182,6 +184,7 @@ impl WeirHttp {
             admission: None,
             headroom: (None, None),
             run_counted: false,
+            idempotency_evicted: false,
             translating: None,
             client_include_usage: false,
             provider_api: Api::Openai,

@@ -250,6 +250,7 @@ impl WeirHttp {
             ttfb_ms: r.ttfb_ms.map(|ms| ms as u64),
             policy,
             limits_uncounted: r.limits_uncounted,
+            idempotency_evicted: self.idempotency_evicted,
         });
     }
 }
