@@ -285,3 +285,24 @@ def test_the_audit_log_rotates_without_losing_a_record(built, tmp_path):
         assert sorted(ids) == sorted(sent)
         # Both files got records: the rotation happened under traffic.
         assert rotated.read_text().count("\n") > 50 and stack.audit_log.read_text().count("\n") > 50
+
+
+def test_healthz_answers_probes_without_a_key_and_follows_envoys_health(built, tmp_path):
+    with devstack.Stack(tmp_path / "stack") as stack:
+        assert httpx.get(stack.url + "/healthz", timeout=10).status_code == 200
+        # Failing the health check (as draining does) turns it to 503, for load balancers.
+        assert httpx.post(stack.admin + "/healthcheck/fail", timeout=10).status_code == 200
+        assert httpx.get(stack.url + "/healthz", timeout=10).status_code == 503
+        assert httpx.post(stack.admin + "/healthcheck/ok", timeout=10).status_code == 200
+        assert httpx.get(stack.url + "/healthz", timeout=10).status_code == 200
+        # Only /healthz: other paths still go to Weir, and probes leave no audit records.
+        r = httpx.get(stack.url + "/healthz/x", timeout=10)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url", r.text
+        ok = httpx.post(stack.url + "/v1/chat/completions", json={"model": "fast", "messages": [{"role": "user", "content": "x"}]},
+                        headers={"authorization": f"Bearer {DEMO_KEY}", "x-weir-request-id": "after-probes"}, timeout=10)
+        assert ok.status_code == 200
+        deadline = time.monotonic() + 10
+        while "after-probes" not in stack.audit_log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        paths = [json.loads(line)["path"] for line in stack.audit_log.read_text().splitlines()]
+        assert paths == ["/healthz/x", "/v1/chat/completions"], paths

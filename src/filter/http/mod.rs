@@ -775,6 +775,11 @@ impl HttpContext for WeirHttp {
     }
 
     fn on_log(&mut self) {
+        if self.phase == Phase::Start && answered_by_health_check() {
+            // A load balancer's probe, answered by Envoy's health_check filter before Weir:
+            // not a request to audit or count.
+            return;
+        }
         self.finish_record();
         self.record_metrics();
         let property = self
@@ -792,6 +797,11 @@ fn send_reply(reply: &host::LocalReply) {
     if let Err(status_code) = reply.send() {
         log::error!("weir: local reply failed with status {status_code}");
     }
+}
+
+/// Envoy's health_check filter answered the request (its response details say so).
+fn answered_by_health_check() -> bool {
+    host::property(&["response", "code_details"]).is_some_and(|d| d.starts_with(b"health_check"))
 }
 
 /// Envoy's request id (`x-request-id`, generated when the client sent none).
