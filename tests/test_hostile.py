@@ -325,3 +325,37 @@ def test_a_filter_that_cannot_load_fails_closed(built, tmp_path):
         assert DEMO_KEY not in stack.audit_log.read_text()
     finally:
         stack.stop()
+
+
+FRONT_LUA = """          - name: envoy.filters.http.lua
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+              default_source_code:
+                inline_string: |
+                  function envoy_on_request(handle)
+                    local path = handle:headers():get(":path")
+                    if path == "/answered-in-front" then
+                      handle:respond({[":status"] = "204"}, "")
+                    elseif path == "/refused-in-front" then
+                      handle:respond({[":status"] = "403"}, "no")
+                    end
+                  end
+"""
+
+
+def test_requests_a_filter_in_front_of_weir_answers_get_an_honest_record(built, tmp_path):
+    """A filter placed before Weir (a CORS preflight, a WAF) may answer a request itself:
+    its record says what happened (completed or denied), not "client aborted"."""
+    with devstack.Stack(tmp_path / "stack", front_filters=FRONT_LUA) as stack:
+        assert httpx.get(stack.url + "/answered-in-front", timeout=10).status_code == 204
+        assert httpx.get(stack.url + "/refused-in-front", timeout=10).status_code == 403
+        deadline = time.monotonic() + 10
+        while len(stack.audit_log.read_text().splitlines()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        records = {r["path"]: r for r in map(json.loads, stack.audit_log.read_text().splitlines())}
+        answered, refused = records["/answered-in-front"], records["/refused-in-front"]
+        assert (answered["status"], answered["outcome"], answered["decision"], answered["error"]) == (
+            204, "completed", "allow", None)
+        assert (refused["status"], refused["outcome"], refused["decision"], refused["error"]) == (
+            403, "denied", "deny", "rejected_by_envoy")
+        assert answered["detail"] and refused["detail"]

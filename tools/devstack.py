@@ -220,6 +220,7 @@ class Stack:
         concurrency: int = 1,
         route_timeout: str = "300s",
         extra_clusters: dict[str, int] | None = None,
+        front_filters: str = "",
     ):
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="weir-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -237,6 +238,8 @@ class Stack:
         self.route_timeout = route_timeout
         # More plain-HTTP clusters on loopback ports (e.g. a provider that is down).
         self.extra_clusters = extra_clusters or {}
+        # HTTP filters (YAML list items) placed before Weir, after the JWT ones.
+        self.front_filters = front_filters
         self.audit_log = self.workdir / "audit.jsonl"
         self.filter_config = self.workdir / "weir-filter.json"
         self.upstream_filter_config = self.workdir / "weir-upstream-filter.json"
@@ -287,7 +290,7 @@ class Stack:
             AUDIT_LOG=self.audit_log,
             FILTER_CONFIG=self.filter_config,
             CLUSTERS=self.clusters_yaml(),
-            AUTH_FILTERS=jwt_filters(self.jwks) if self.jwks else "",
+            AUTH_FILTERS=(jwt_filters(self.jwks) if self.jwks else "") + self.front_filters,
             ROUTE_TIMEOUT=self.route_timeout,
         )
         self.envoy_yaml.write_text(text)

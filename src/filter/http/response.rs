@@ -51,8 +51,8 @@ impl WeirHttp {
     pub(super) fn finish_record(&mut self) {
         let now = host::now();
         if self.phase == Phase::Start {
-            // Envoy refused the request before Weir saw it (e.g. an HTTP codec error) but
-            // still runs the log phase: record what Envoy knows.
+            // Envoy answered the request before Weir saw it (an HTTP codec error, a filter
+            // in front of Weir) but still runs the log phase: record what Envoy knows.
             self.started = host::property_u64(&["request", "time"])
                 .map(|ns| SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(ns))
                 .unwrap_or(now);
@@ -65,9 +65,11 @@ impl WeirHttp {
             };
             self.record.method = clip(&text(&["request", "method"]), 16).to_string();
             self.record.path = clip(&text(&["request", "url_path"]), 512).to_string();
-            self.record.error = Some("rejected_by_envoy");
         }
         self.record.status = host::property_u64(&["response", "code"]).unwrap_or(0) as u32;
+        if self.phase == Phase::Start && self.record.status >= 400 {
+            self.record.error = Some("rejected_by_envoy");
+        }
         self.record.detail = host::property(&["response", "code_details"])
             .and_then(|d| String::from_utf8(d).ok())
             .filter(|d| !d.is_empty());
@@ -99,6 +101,8 @@ impl WeirHttp {
                 }
             }
             Phase::Start if self.record.status >= 400 => Outcome::Denied,
+            // A filter in front of Weir answered it (a CORS preflight, say).
+            Phase::Start if self.record.status > 0 => Outcome::Completed,
             Phase::Start | Phase::AwaitingBody => Outcome::ClientAborted,
         };
         self.record.decision = match self.advised {
