@@ -306,3 +306,34 @@ def test_healthz_answers_probes_without_a_key_and_follows_envoys_health(built, t
             time.sleep(0.1)
         paths = [json.loads(line)["path"] for line in stack.audit_log.read_text().splitlines()]
         assert paths == ["/healthz/x", "/v1/chat/completions"], paths
+
+
+def test_limit_counters_survive_a_configuration_reload(built, tmp_path):
+    """Counters live in Envoy's shared data, which outlives the filter's VMs: a reload (a
+    new configuration, so new VMs) keeps what this window has counted."""
+    config = tmp_path / "weir.toml"
+    config.write_text(devstack.sample_config_text() + "\n[limits.per_key]\nrequests_per_minute = 3\n")
+    with devstack.Stack(tmp_path / "stack", config=config) as stack:
+        body = {"model": "fast", "messages": [{"role": "user", "content": "hi"}]}
+
+        def chat() -> httpx.Response:
+            return httpx.post(stack.url + "/v1/chat/completions", json=body, timeout=10,
+                              headers={"authorization": f"Bearer {DEMO_KEY}"})
+
+        if time.time() % 60 > 52:  # all of it in one minute window
+            time.sleep(61 - time.time() % 60)
+        assert [chat().status_code for _ in range(2)] == [200, 200]
+        # A new configuration (another price), loaded by new VMs.
+        loaded = stack.envoy_log.read_text().count("weir: configuration loaded")
+        changed = tmp_path / "weir-changed.toml"
+        changed.write_text(config.read_text().replace('"gpt-4o-mini" = { input = "0.15"', '"gpt-4o-mini" = { input = "0.16"'))
+        assert changed.read_text() != config.read_text()
+        assert stack.bundle(changed).returncode == 0
+        deadline = time.monotonic() + 10
+        while stack.envoy_log.read_text().count("weir: configuration loaded") == loaded and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert stack.envoy_log.read_text().count("weir: configuration loaded") > loaded
+        time.sleep(0.5)
+        third, fourth = chat(), chat()
+        assert third.status_code == 200 and third.headers["x-ratelimit-remaining-requests"] == "0", third.headers
+        assert fourth.status_code == 429
