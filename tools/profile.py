@@ -26,9 +26,8 @@ HARNESS = OUT / "host/release/weir-profile"
 MODULE = OUT / "weir-named.wasm"
 
 
-def bundle() -> Path:
+def bundle(work: Path) -> Path:
     """The sample configuration bundled for the named module (no global default policy)."""
-    work = Path(tempfile.mkdtemp(prefix="weir-profile-"))
     config = work / "weir.toml"
     config.write_text(devstack.sample_config_text().replace('default = "standard"\n', ""))
     devstack.WASM = MODULE
@@ -75,7 +74,14 @@ def main() -> int:
     requests = os.environ.get("PROFILE_REQUESTS", "100000")
     policy = os.environ.get("PROFILE_POLICY", "standard")
     stream = ["stream"] if os.environ.get("PROFILE_STREAM") else []
-    command = [str(HARNESS), str(MODULE), str(bundle()), requests, policy] + stream
+    work = Path(tempfile.mkdtemp(prefix="weir-profile-"))
+    try:
+        return profile([str(HARNESS), str(MODULE), str(bundle(work)), requests, policy] + stream)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def profile(command: list[str]) -> int:
     perf = shutil.which("perf")
     if not perf:
         print("perf is not installed: time and host calls only", file=sys.stderr)

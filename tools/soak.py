@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -168,6 +170,11 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8)
     args = parser.parse_args()
     result = soak(args.seconds, args.clients)
+    # The run's directory (audit log of every request: hundreds of MB) is kept only when
+    # the soak failed, or when asked (SOAK_KEEP=1), to look into.
+    if result["passed"] and not os.environ.get("SOAK_KEEP"):
+        shutil.rmtree(result["workdir"], ignore_errors=True)
+        result["workdir"] = "(removed; SOAK_KEEP=1 keeps it)"
     print(json.dumps(result, indent=2))
     print("soak: " + ("PASSED" if result["passed"] else "FAILED"))
     return 0 if result["passed"] else 1
