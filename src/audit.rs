@@ -330,6 +330,22 @@ pub fn clip(s: &str, max_chars: usize) -> &str {
     }
 }
 
+/// A request id Weir did not check (Envoy's `x-request-id`, which a client may send), made fit
+/// for records and headers: the characters of `x-weir-request-id` (others become `_`), at
+/// most 128. Envoy's own UUIDs pass unchanged.
+pub fn bounded_request_id(raw: &str) -> String {
+    raw.chars()
+        .take(128)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// Milliseconds with microsecond precision, for readable JSON.
 pub fn millis(d: std::time::Duration) -> f64 {
     (d.as_micros() as f64) / 1000.0
@@ -516,6 +532,16 @@ mod tests {
         assert_eq!(ours, serde_json::to_string(&r).unwrap());
         assert!(ours.contains(r#""user":"a\"b\\c\u0000\u001f"#), "{ours}");
         assert!(ours.contains(r#""ttfb_ms":null"#), "{ours}");
+    }
+
+    #[test]
+    fn request_ids_from_envoy_are_bounded() {
+        let uuid = "c40cde26-cd88-4947-aec4-24b4352e699f";
+        assert_eq!(bounded_request_id(uuid), uuid);
+        assert_eq!(bounded_request_id("a b\"c\u{e9}"), "a_b_c_");
+        let long = "x".repeat(5000);
+        assert_eq!(bounded_request_id(&long), "x".repeat(128));
+        assert_eq!(bounded_request_id(""), "");
     }
 
     #[test]

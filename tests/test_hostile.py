@@ -359,3 +359,17 @@ def test_requests_a_filter_in_front_of_weir_answers_get_an_honest_record(built, 
         assert (refused["status"], refused["outcome"], refused["decision"], refused["error"]) == (
             403, "denied", "deny", "rejected_by_envoy")
         assert answered["detail"] and refused["detail"]
+
+
+def test_a_clients_own_x_request_id_is_bounded_in_records_and_headers(hostile):
+    """Without x-weir-request-id the record uses Envoy's x-request-id, which a client may set
+    to anything a header can hold: it is cut to 128 characters of the request-id alphabet."""
+    stamp = time.time_ns()
+    raw = f"big-{stamp}-" + 'a "b"<c>' * 2000
+    r = httpx.post(hostile.url + "/v1/chat/completions", json={"model": "fast", "messages": [{"role": "user", "content": "x"}]},
+                   headers={"authorization": f"Bearer {DEMO_KEY}", "x-request-id": raw}, timeout=10)
+    assert r.status_code == 200, r.text
+    expected = "".join(c if c.isalnum() or c in "._:-" else "_" for c in raw[:128])
+    assert r.headers["x-weir-run-id"] == expected
+    record = hostile.audit(expected)
+    assert record["request_id"] == record["run_id"] == expected

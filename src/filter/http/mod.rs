@@ -16,7 +16,7 @@ use super::headers::HeaderSnapshot;
 use super::host::{self, REQUEST_BODY, REQUEST_HEADERS, RESPONSE_BODY, RESPONSE_HEADERS};
 use super::metrics;
 use super::store::SharedData;
-use crate::audit::{clip, millis, AuditRecord, CostRecord, Outcome};
+use crate::audit::{bounded_request_id, clip, millis, AuditRecord, CostRecord, Outcome};
 use crate::body::{
     json_string, parse_llm_request, remove_member, splice, Edit, Essentials, LlmRequest,
 };
@@ -567,7 +567,7 @@ impl WeirHttp {
     /// already in the snapshot (the property is the same value, for one more host call).
     fn envoy_request_id(&self) -> String {
         match self.headers.get_str("x-request-id") {
-            Some(id) => id.to_string(),
+            Some(id) => bounded_request_id(id),
             None => envoy_request_id(),
         }
     }
@@ -807,7 +807,7 @@ fn answered_by_health_check() -> bool {
 /// Envoy's request id (`x-request-id`, generated when the client sent none).
 fn envoy_request_id() -> String {
     host::property(&["request", "id"])
-        .and_then(|v| String::from_utf8(v).ok())
+        .map(|v| bounded_request_id(&String::from_utf8_lossy(&v)))
         .unwrap_or_default()
 }
 
