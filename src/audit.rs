@@ -336,14 +336,16 @@ pub fn clip(s: &str, max_chars: usize) -> &str {
 pub fn bounded_request_id(raw: &str) -> String {
     raw.chars()
         .take(128)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-') {
-                c
-            } else {
-                '_'
-            }
+        .map(|c| match u8::try_from(c) {
+            Ok(b) if is_request_id_byte(b) => c,
+            _ => '_',
         })
         .collect()
+}
+
+/// The alphabet of request ids: `A-Za-z0-9._:-`.
+pub fn is_request_id_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-')
 }
 
 /// Milliseconds with microsecond precision, for readable JSON.

@@ -16,7 +16,9 @@ use super::headers::HeaderSnapshot;
 use super::host::{self, REQUEST_BODY, REQUEST_HEADERS, RESPONSE_BODY, RESPONSE_HEADERS};
 use super::metrics;
 use super::store::SharedData;
-use crate::audit::{bounded_request_id, clip, millis, AuditRecord, CostRecord, Outcome};
+use crate::audit::{
+    bounded_request_id, clip, is_request_id_byte, millis, AuditRecord, CostRecord, Outcome,
+};
 use crate::body::{
     json_string, parse_llm_request, remove_member, splice, Edit, Essentials, LlmRequest,
 };
@@ -813,10 +815,6 @@ fn envoy_request_id() -> String {
 
 /// A client-supplied request id, if it is safe to log and echo.
 fn valid_request_id(raw: &[u8]) -> Option<String> {
-    let ok = !raw.is_empty()
-        && raw.len() <= 128
-        && raw
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    let ok = !raw.is_empty() && raw.len() <= 128 && raw.iter().all(|b| is_request_id_byte(*b));
     ok.then(|| String::from_utf8_lossy(raw).into_owned())
 }
