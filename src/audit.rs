@@ -334,6 +334,9 @@ pub fn clip(s: &str, max_chars: usize) -> &str {
 /// for records and headers: the characters of `x-weir-request-id` (others become `_`), at
 /// most 128. Envoy's own UUIDs pass unchanged.
 pub fn bounded_request_id(raw: &str) -> String {
+    if raw.len() <= 128 && raw.bytes().all(is_request_id_byte) {
+        return raw.to_string();
+    }
     raw.chars()
         .take(128)
         .map(|c| match u8::try_from(c) {
@@ -544,6 +547,14 @@ mod tests {
         let long = "x".repeat(5000);
         assert_eq!(bounded_request_id(&long), "x".repeat(128));
         assert_eq!(bounded_request_id(""), "");
+        // At the bound, valid ids pass whole; one character over, they are cut.
+        let at_bound = "a.b_c:d-".repeat(16);
+        assert_eq!(bounded_request_id(&at_bound), at_bound);
+        assert_eq!(bounded_request_id(&format!("{at_bound}9")), at_bound);
+        assert_eq!(
+            bounded_request_id(&format!("{}é", "y".repeat(127))),
+            format!("{}_", "y".repeat(127))
+        );
     }
 
     #[test]

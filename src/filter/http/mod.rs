@@ -579,8 +579,8 @@ impl Context for WeirHttp {}
 
 impl HttpContext for WeirHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        // The record's `time` text is written in the log phase, after the answer has gone.
         self.started = host::now();
-        self.record.time = humantime::format_rfc3339_millis(self.started).to_string();
         let action = self
             .on_request_headers(end_of_stream)
             .unwrap_or_else(|action| action);

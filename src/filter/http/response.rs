@@ -56,7 +56,6 @@ impl WeirHttp {
             self.started = host::property_u64(&["request", "time"])
                 .map(|ns| SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(ns))
                 .unwrap_or(now);
-            self.record.time = humantime::format_rfc3339_millis(self.started).to_string();
             self.record.request_id = envoy_request_id();
             let text = |path: &[&str]| {
                 host::property(path)
@@ -113,6 +112,7 @@ impl WeirHttp {
                 _ => "allow",
             },
         };
+        self.record.time = humantime::format_rfc3339_millis(self.started).to_string();
         self.record.duration_ms = millis(now.duration_since(self.started).unwrap_or_default());
     }
     /// A translated request's answer arrived content-encoded: the client gets a 502 in its
