@@ -80,15 +80,15 @@ integration: wasm bins venv
 	$(PY) -m pytest -q tests
 
 bench: wasm bins venv
-	cargo build --profile bench-tools --bin weir-load
+	cargo build --profile bench-tools --bin weir-load --bin weir-mock
 	$(PY) tools/bench.py
 
 bench-split: wasm bins venv
-	cargo build --profile bench-tools --bin weir-load
+	cargo build --profile bench-tools --bin weir-load --bin weir-mock
 	$(PY) tools/bench.py --only buffered --split
 
 bench-scaling: wasm bins venv
-	cargo build --profile bench-tools --bin weir-load
+	cargo build --profile bench-tools --bin weir-load --bin weir-mock
 	$(PY) tools/scaling.py
 
 # The module with its function names (the default build's settings, not stripped), run by

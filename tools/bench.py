@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import devstack  # noqa: E402
 
 LOAD = devstack.ROOT / "target/bench-tools/weir-load"
+MOCK = devstack.ROOT / "target/bench-tools/weir-mock"
 TICKS = os.sysconf("SC_CLK_TCK")
 
 CHAT_JSON = json.dumps({
@@ -45,7 +46,19 @@ SSE = "".join(f"data: {CHUNK % w}\n\n" for w in ["Hello ", "from ", "the ", "ben
 MODELS_JSON = json.dumps({"object": "list", "data": [{"id": "balanced", "object": "model", "created": 0, "owned_by": "x"}]})
 
 
-def upstream_yaml(port_file: Path) -> str:
+def upstream_yaml(mock_port: int = 0) -> str:
+    """The fast upstream; with `mock_port`, requests marked `x-bench: paced` go on to the mock."""
+    paced = f"""
+              - match: {{ prefix: "/", headers: [{{ name: x-bench, string_match: {{ exact: paced }} }}] }}
+                route: {{ cluster: mock, timeout: 60s }}""" if mock_port else ""
+    mock_cluster = f"""
+  clusters:
+  - name: mock
+    type: STATIC
+    load_assignment:
+      cluster_name: mock
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {mock_port} }} }} }} }}] }}]
+""" if mock_port else "\n"
     return f"""
 admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }} }}
 static_resources:
@@ -73,6 +86,8 @@ static_resources:
             - name: all
               domains: ["*"]
               routes:
+              # A stream paced as a model's is (the mock: first event at once, the rest later),
+              # so the client's first byte is not also the stream's end.{paced}
               - match: {{ prefix: "/", headers: [{{ name: x-bench, string_match: {{ exact: sse }} }}] }}
                 direct_response: {{ status: 200, body: {{ inline_string: {json.dumps(SSE)} }} }}
                 response_headers_to_add: [{{ header: {{ key: content-type, value: text/event-stream }} }}]
@@ -81,8 +96,7 @@ static_resources:
                 response_headers_to_add: [{{ header: {{ key: content-type, value: application/json }} }}]
               - match: {{ prefix: "/" }}
                 direct_response: {{ status: 200, body: {{ inline_string: {json.dumps(CHAT_JSON)} }} }}
-                response_headers_to_add: [{{ header: {{ key: content-type, value: application/json }} }}]
-"""
+                response_headers_to_add: [{{ header: {{ key: content-type, value: application/json }} }}]{mock_cluster}"""
 
 
 def plain_yaml(upstream_port: int) -> str:
@@ -175,10 +189,24 @@ SCENARIOS = {
     "streamed": ("POST", "/v1/chat/completions", {"model": "balanced", "stream": True, "messages": [{"role": "user", "content": "Hi"}]},
                  [f"authorization: Bearer {devstack.DEMO_KEY}", "content-type: application/json", "x-bench: sse",
                   "x-weir-policy: standard"]),
+    # The streaming target's measure: the same stream paced as a model sends one (the first
+    # event at once, then one every 2 ms, from the mock provider behind the upstream), so the
+    # first byte waits only for what Weir does before it; above, the whole answer arrives at
+    # once and its end (metering, the audit record) is written before Envoy flushes.
+    "streamed-paced": ("POST", "/v1/chat/completions",
+                       {"model": "balanced", "stream": True, "messages": [{"role": "user", "content": "Hi"}]},
+                       [f"authorization: Bearer {devstack.DEMO_KEY}", "content-type: application/json",
+                        "x-bench: paced", "x-mock-chunk-delay-ms: 2", "x-mock-reply-words: 3",
+                        "x-weir-policy: standard"]),
     "denied": ("POST", "/v1/chat/completions", {"model": "balanced", "messages": [{"role": "user", "content": "Hi"}]},
                ["authorization: Bearer wk_live_not_a_key", "content-type: application/json", "x-bench: json"]),
     "models": ("GET", "/v1/models", None, [f"authorization: Bearer {devstack.DEMO_KEY}"]),
 }
+
+
+# Connection counts per scenario (default 1 and 16): a paced stream's first byte is a
+# latency, measured on an otherwise idle proxy.
+CONNECTIONS = {"streamed-paced": (1,)}
 
 
 def run_load(proxy, workdir: Path, scenario: str, connections: int, seconds: float, warmup: float) -> dict:
@@ -295,7 +323,10 @@ def main() -> int:
     if args.split and not shutil.which("perf"):
         parser.error("--split needs perf (Debian: linux-perf)")
     workdir = Path(tempfile.mkdtemp(prefix="weir-bench-"))
-    upstream = Envoy(workdir, "upstream", upstream_yaml(workdir))
+    mock = subprocess.Popen([str(MOCK), "--listen", "bench=127.0.0.1:0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    mock_port = int(json.loads(mock.stdout.readline())["listening"]["bench"].rsplit(":", 1)[1])
+    upstream = Envoy(workdir, "upstream", upstream_yaml(mock_port))
     plain = Envoy(workdir, "plain", plain_yaml(upstream.port))
     # The sample configuration without a global default policy, so the scenarios choose:
     # with `x-weir-policy: standard`, or without any policy.
@@ -327,7 +358,7 @@ def main() -> int:
             weirs["uncached"] = start_weir("weir-uncached", uncached)[0]
         for scenario in chosen:
             proxy_of_weir = weirs["uncached" if scenario == "buffered-uncached" else ""]
-            for connections in (1, 16):
+            for connections in CONNECTIONS.get(scenario, (1, 16)):
                 row = {"scenario": scenario, "connections": connections}
                 for name, proxy in (("plain", plain), ("weir", proxy_of_weir)):
                     row[name] = run_load(proxy, workdir, scenario, connections, args.seconds, args.warmup)
@@ -351,6 +382,8 @@ def main() -> int:
             stack.stop()
         plain.stop()
         upstream.stop()
+        mock.terminate()
+        mock.wait(timeout=10)
         # The proxies' logs and the audit file of every request: gigabytes over time.
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -227,7 +227,7 @@ def main() -> int:
     if set(chosen) - set(EXPERIMENTS):
         parser.error(f"unknown experiments {sorted(set(chosen) - set(EXPERIMENTS))}")
     workdir = Path(tempfile.mkdtemp(prefix="weir-scaling-"))
-    upstream = bench.Envoy(workdir, "upstream", bench.upstream_yaml(workdir))
+    upstream = bench.Envoy(workdir, "upstream", bench.upstream_yaml())
     results: dict = {"machine": {"cpus": __import__("os").cpu_count()}, "seconds": a.seconds}
     try:
         for e in chosen:
