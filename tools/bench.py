@@ -48,9 +48,9 @@ MODELS_JSON = json.dumps({"object": "list", "data": [{"id": "balanced", "object"
 
 def upstream_yaml(mock_port: int = 0) -> str:
     """The fast upstream; with `mock_port`, requests marked `x-bench: paced` go on to the mock."""
-    paced = f"""
-              - match: {{ prefix: "/", headers: [{{ name: x-bench, string_match: {{ exact: paced }} }}] }}
-                route: {{ cluster: mock, timeout: 60s }}""" if mock_port else ""
+    paced = """
+              - match: { prefix: "/", headers: [{ name: x-bench, string_match: { exact: paced } }] }
+                route: { cluster: mock, timeout: 60s }""" if mock_port else ""
     mock_cluster = f"""
   clusters:
   - name: mock
