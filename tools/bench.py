@@ -28,8 +28,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import devstack  # noqa: E402
 
-LOAD = devstack.ROOT / "target/bench-tools/weir-load"
-MOCK = devstack.ROOT / "target/bench-tools/weir-mock"
+# The load generator and the mock, built by `make bench` (optimised); `BENCH_TOOLS_DIR`
+# points elsewhere (the test suite's smoke run uses the debug builds).
+TOOLS = Path(os.environ.get("BENCH_TOOLS_DIR", devstack.ROOT / "target/bench-tools"))
+LOAD = TOOLS / "weir-load"
+MOCK = TOOLS / "weir-mock"
 TICKS = os.sysconf("SC_CLK_TCK")
 
 CHAT_JSON = json.dumps({
@@ -204,6 +207,16 @@ SCENARIOS = {
 }
 
 
+# The status each proxy must answer with in each scenario: a run that got anything else
+# measured something other than its scenario, and is reported as such.
+EXPECTED_STATUS = {"denied": {"plain": 200, "weir": 401}}
+
+
+def unexpected_statuses(scenario: str, proxy_name: str, result: dict) -> dict:
+    expected = str(EXPECTED_STATUS.get(scenario, {}).get(proxy_name, 200))
+    return {status: n for status, n in result.get("statuses", {}).items() if status != expected}
+
+
 # Connection counts per scenario (default 1 and 16): a paced stream's first byte is a
 # latency, measured on an otherwise idle proxy.
 CONNECTIONS = {"streamed-paced": (1,)}
@@ -362,6 +375,11 @@ def main() -> int:
                 row = {"scenario": scenario, "connections": connections}
                 for name, proxy in (("plain", plain), ("weir", proxy_of_weir)):
                     row[name] = run_load(proxy, workdir, scenario, connections, args.seconds, args.warmup)
+                    wrong = unexpected_statuses(scenario, name, row[name])
+                    if wrong or row[name].get("errors"):
+                        row.setdefault("unexpected", {})[name] = {"statuses": wrong, "errors": row[name].get("errors")}
+                        print(f"WARNING: {scenario} c={connections} {name}: unexpected statuses {wrong}, "
+                              f"{row[name].get('errors')} failed requests", file=sys.stderr, flush=True)
                 p, w = row["plain"], row["weir"]
                 row["rps_ratio"] = round(w["rps"] / p["rps"], 3) if p["rps"] else None
                 row["added_cpu_us"] = round(w["cpu_us_per_request"] - p["cpu_us_per_request"], 1)
