@@ -150,6 +150,7 @@ class Envoy:
         deadline = time.monotonic() + 30
         while not (admin_file.exists() and admin_file.read_text().strip()):
             if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
                 raise RuntimeError(f"{name} did not start: {(self.dir / 'envoy.log').read_text()[-500:]}")
             time.sleep(0.05)
         self.admin = "http://" + admin_file.read_text().strip()
@@ -159,7 +160,8 @@ class Envoy:
         self.port = listeners[0]["local_address"]["socket_address"]["port_value"]
 
     def stop(self) -> None:
-        self.proc.terminate()
+        if self.proc.poll() is None:
+            self.proc.terminate()
         self.proc.wait(timeout=10)
 
 
@@ -195,7 +197,7 @@ SCENARIOS = {
     # The streaming target's measure: the same stream paced as a model sends one (the first
     # event at once, then one every 2 ms, from the mock provider behind the upstream), so the
     # first byte waits only for what Weir does before it; above, the whole answer arrives at
-    # once and its end (metering, the audit record) is written before Envoy flushes.
+    # once, and Envoy handles all of it (Weir meters every event) before writing to the client.
     "streamed-paced": ("POST", "/v1/chat/completions",
                        {"model": "balanced", "stream": True, "messages": [{"role": "user", "content": "Hi"}]},
                        [f"authorization: Bearer {devstack.DEMO_KEY}", "content-type: application/json",
@@ -335,36 +337,43 @@ def main() -> int:
     args = parser.parse_args()
     if args.split and not shutil.which("perf"):
         parser.error("--split needs perf (Debian: linux-perf)")
+    chosen = [s for s in args.only.split(",") if s] or list(SCENARIOS)
+    unknown = [s for s in chosen if s not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenarios {unknown}; known: {list(SCENARIOS)}")
     workdir = Path(tempfile.mkdtemp(prefix="weir-bench-"))
-    mock = subprocess.Popen([str(MOCK), "--listen", "bench=127.0.0.1:0"], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
-    mock_port = int(json.loads(mock.stdout.readline())["listening"]["bench"].rsplit(":", 1)[1])
-    upstream = Envoy(workdir, "upstream", upstream_yaml(mock_port))
-    plain = Envoy(workdir, "plain", plain_yaml(upstream.port))
-    # The sample configuration without a global default policy, so the scenarios choose:
-    # with `x-weir-policy: standard`, or without any policy.
-    config = workdir / "weir.toml"
-    config.write_text(devstack.sample_config_text().replace('default = "standard"\n', ""))
-
-    def start_weir(name: str, config: Path) -> tuple[devstack.Stack, float]:
-        stack = devstack.Stack(workdir / name, config=config, flush_ms=1000)
-        stack.mock_addrs = {n: f"127.0.0.1:{upstream.port}" for n in devstack.CLUSTERS}
-        assert stack.bundle().returncode == 0
-        stack.render()
-        started = time.monotonic()
-        stack.start_envoy()
-        stack.proc = stack.envoy  # same interface as Envoy for run_load
-        return stack, time.monotonic() - started
-
-    weir, ready_s = start_weir("weir", config)
-    weirs = {"": weir}
-    results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-               "wasm_bytes": devstack.WASM.stat().st_size, "weir_ready_s": round(ready_s, 2), "runs": []}
+    # Whatever was started is stopped, in reverse order, however the run ends.
+    stoppers: list = []
     try:
-        chosen = [s for s in args.only.split(",") if s] or list(SCENARIOS)
-        unknown = [s for s in chosen if s not in SCENARIOS]
-        if unknown:
-            parser.error(f"unknown scenarios {unknown}; known: {list(SCENARIOS)}")
+        mock = subprocess.Popen([str(MOCK), "--listen", "bench=127.0.0.1:0"], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+        stoppers.append(lambda: (mock.terminate(), mock.wait(timeout=10)))
+        mock_port = int(json.loads(mock.stdout.readline())["listening"]["bench"].rsplit(":", 1)[1])
+        upstream = Envoy(workdir, "upstream", upstream_yaml(mock_port))
+        stoppers.append(upstream.stop)
+        plain = Envoy(workdir, "plain", plain_yaml(upstream.port))
+        stoppers.append(plain.stop)
+        # The sample configuration without a global default policy, so the scenarios choose:
+        # with `x-weir-policy: standard`, or without any policy.
+        config = workdir / "weir.toml"
+        config.write_text(devstack.sample_config_text().replace('default = "standard"\n', ""))
+
+        def start_weir(name: str, config: Path) -> tuple[devstack.Stack, float]:
+            stack = devstack.Stack(workdir / name, config=config, flush_ms=1000)
+            stack.mock_addrs = {n: f"127.0.0.1:{upstream.port}" for n in devstack.CLUSTERS}
+            assert stack.bundle().returncode == 0
+            stack.render()
+            started = time.monotonic()
+            stoppers.append(stack.stop)
+            stack.start_envoy()
+            stack.proc = stack.envoy  # same interface as Envoy for run_load
+            return stack, time.monotonic() - started
+
+        weir, ready_s = start_weir("weir", config)
+        weirs = {"": weir}
+        results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                               "python": platform.python_version()},
+                   "wasm_bytes": devstack.WASM.stat().st_size, "weir_ready_s": round(ready_s, 2), "runs": []}
         if "buffered-uncached" in chosen:
             uncached = workdir / "weir-uncached.toml"
             uncached.write_text(config.read_text().replace("[policy]\n", "[policy]\ndecision_cache = false\n"))
@@ -396,12 +405,8 @@ def main() -> int:
         results["rss_mb"] = {"plain": round(rss_mb(plain.proc.pid), 1), "weir": round(rss_mb(weir.envoy.pid), 1),
                              "upstream": round(rss_mb(upstream.proc.pid), 1)}
     finally:
-        for stack in weirs.values():
-            stack.stop()
-        plain.stop()
-        upstream.stop()
-        mock.terminate()
-        mock.wait(timeout=10)
+        for stop in reversed(stoppers):
+            stop()
         # The proxies' logs and the audit file of every request: gigabytes over time.
         shutil.rmtree(workdir, ignore_errors=True)
 
