@@ -7,6 +7,8 @@
   picks one), against no policy;
 - request body: 1 KB -> 1 MB (buffered, with the `standard` policy), Weir against plain Envoy;
 - stream length: 10 -> 1,000 events from the mock provider, Weir against plain Envoy;
+- paced streams: events 2 ms apart (each its own read), 32 streams at once: what an event
+  costs;
 - memory per worker VM: resident memory with 1, 2 and 4 workers, Weir against plain Envoy.
 
 Every proxy runs one worker unless the experiment is about workers; every run is bounded and
@@ -185,6 +187,43 @@ def stream_experiment(workdir: Path, a: Args) -> list[dict]:
     return rows
 
 
+def paced_experiment(workdir: Path, a: Args) -> list[dict]:
+    """Streams paced as a model sends them: the mock waits 2 ms between events, so each event
+    is its own read and its own call into Weir (`stream` above gets them close together).
+    Many streams at once, as on a gateway: the difference between 20 and 60 words is what
+    40 events cost. Last, 20 words with the client asking for usage: nothing to remove."""
+    stack = devstack.Stack(workdir / "paced", config=workdir / "paced.toml", flush_ms=1000)
+    (workdir / "paced.toml").write_text(sample_without_default())
+    stack.start_mock()
+    mock_port = int(stack.mock_addrs["openai"].rsplit(":", 1)[1])
+    plain = bench.Envoy(workdir, "plain-paced", bench.plain_yaml(mock_port))
+    w = weir_stack(workdir / "paced-weir", sample_without_default(), mock_port)
+    rows: list[dict] = []
+    try:
+        for words, usage_by in ((20, "weir"), (60, "weir"), (20, "client")):
+            body = {"model": "balanced", "stream": True, "messages": [{"role": "user", "content": "Hi"}]}
+            if usage_by == "client":
+                body["stream_options"] = {"include_usage": True}
+            pacing = [f"x-mock-reply-words: {words}", "x-mock-chunk-delay-ms: 2"]
+            plain_headers = [f"authorization: Bearer {devstack.MOCK_CREDENTIALS['OPENAI_API_KEY']}",
+                             "content-type: application/json"] + pacing
+            row: dict = {"words": words, "usage_asked_by": usage_by}
+            row.update(side_by_side(workdir, f"paced-{words}-{usage_by}", plain, w["stack"], body,
+                                    KEY + pacing + ["x-weir-policy: standard"], a, 32, plain_headers))
+            if usage_by == "weir" and rows:
+                # Per event, from the longer stream's extra events.
+                extra = words - rows[0]["words"]
+                row["plain_cpu_us_per_extra_event"] = round((row["plain_cpu_us"] - rows[0]["plain_cpu_us"]) / extra, 2)
+                row["added_cpu_us_per_extra_event"] = round((row["added_cpu_us"] - rows[0]["added_cpu_us"]) / extra, 2)
+            rows.append(row)
+            print(f"paced {words} {usage_by}: {row}", file=sys.stderr, flush=True)
+    finally:
+        w["stack"].stop()
+        plain.stop()
+        stack.stop()
+    return rows
+
+
 def memory_experiment(workdir: Path, upstream_port: int, a: Args) -> list[dict]:
     rows = []
     for workers in (1, 2, 4):
@@ -212,7 +251,7 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-EXPERIMENTS = ("keys", "rules", "body", "stream", "memory")
+EXPERIMENTS = ("keys", "rules", "body", "stream", "paced", "memory")
 
 
 def main() -> int:
@@ -239,6 +278,8 @@ def main() -> int:
                 results["body"] = body_experiment(workdir, upstream.port, a)
             elif e == "stream":
                 results["stream"] = stream_experiment(workdir, a)
+            elif e == "paced":
+                results["paced"] = paced_experiment(workdir, a)
             elif e == "memory":
                 results["memory"] = memory_experiment(workdir, upstream.port, a)
     finally:
