@@ -18,6 +18,7 @@ not a test: it fails only when a request does not get its expected status.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import shutil
@@ -159,16 +160,29 @@ def body_experiment(workdir: Path, upstream_port: int, a: Args) -> list[dict]:
     return rows
 
 
+@contextlib.contextmanager
+def before_the_mock(workdir: Path, name: str):
+    """The mock provider, with plain Envoy and Envoy + Weir in front of it; stopped after."""
+    mock = devstack.Stack(workdir / name, config=workdir / f"{name}.toml", flush_ms=1000)
+    (workdir / f"{name}.toml").write_text(sample_without_default())
+    mock.start_mock()
+    stoppers = [mock.stop]
+    try:
+        mock_port = int(mock.mock_addrs["openai"].rsplit(":", 1)[1])
+        plain = bench.Envoy(workdir, f"plain-{name}", bench.plain_yaml(mock_port))
+        stoppers.append(plain.stop)
+        w = weir_stack(workdir / f"{name}-weir", sample_without_default(), mock_port)
+        stoppers.append(w["stack"].stop)
+        yield plain, w["stack"]
+    finally:
+        for stop in reversed(stoppers):
+            stop()
+
+
 def stream_experiment(workdir: Path, a: Args) -> list[dict]:
     """Streams from the mock provider, one event per write, as a provider sends them."""
-    stack = devstack.Stack(workdir / "stream", config=workdir / "stream.toml", flush_ms=1000)
-    (workdir / "stream.toml").write_text(sample_without_default())
-    stack.start_mock()
-    mock_port = int(stack.mock_addrs["openai"].rsplit(":", 1)[1])
-    plain = bench.Envoy(workdir, "plain-stream", bench.plain_yaml(mock_port))
-    w = weir_stack(workdir / "stream-weir", sample_without_default(), mock_port)
     rows = []
-    try:
+    with before_the_mock(workdir, "stream") as (plain, weir):
         for words in (10, 100, 1_000):
             body = {"model": "balanced", "stream": True, "messages": [{"role": "user", "content": "Hi"}]}
             headers = KEY + [f"x-mock-reply-words: {words}", "x-weir-policy: standard"]
@@ -176,14 +190,10 @@ def stream_experiment(workdir: Path, a: Args) -> list[dict]:
             plain_headers = [f"authorization: Bearer {devstack.MOCK_CREDENTIALS['OPENAI_API_KEY']}",
                              "content-type: application/json", f"x-mock-reply-words: {words}"]
             row = {"events": words}
-            row.update(side_by_side(workdir, f"stream-{words}", plain, w["stack"], body, headers, a, 4, plain_headers))
+            row.update(side_by_side(workdir, f"stream-{words}", plain, weir, body, headers, a, 4, plain_headers))
             row["added_cpu_us_per_event"] = round(row["added_cpu_us"] / words, 2)
             rows.append(row)
             print(f"stream {words}: {row}", file=sys.stderr, flush=True)
-    finally:
-        w["stack"].stop()
-        plain.stop()
-        stack.stop()
     return rows
 
 
@@ -192,14 +202,8 @@ def paced_experiment(workdir: Path, a: Args) -> list[dict]:
     is its own read and its own call into Weir (`stream` above gets them close together).
     Many streams at once, as on a gateway: the difference between 20 and 60 words is what
     40 events cost. Last, 20 words with the client asking for usage: nothing to remove."""
-    stack = devstack.Stack(workdir / "paced", config=workdir / "paced.toml", flush_ms=1000)
-    (workdir / "paced.toml").write_text(sample_without_default())
-    stack.start_mock()
-    mock_port = int(stack.mock_addrs["openai"].rsplit(":", 1)[1])
-    plain = bench.Envoy(workdir, "plain-paced", bench.plain_yaml(mock_port))
-    w = weir_stack(workdir / "paced-weir", sample_without_default(), mock_port)
     rows: list[dict] = []
-    try:
+    with before_the_mock(workdir, "paced") as (plain, weir):
         for words, usage_by in ((20, "weir"), (60, "weir"), (20, "client")):
             body = {"model": "balanced", "stream": True, "messages": [{"role": "user", "content": "Hi"}]}
             if usage_by == "client":
@@ -208,7 +212,7 @@ def paced_experiment(workdir: Path, a: Args) -> list[dict]:
             plain_headers = [f"authorization: Bearer {devstack.MOCK_CREDENTIALS['OPENAI_API_KEY']}",
                              "content-type: application/json"] + pacing
             row: dict = {"words": words, "usage_asked_by": usage_by}
-            row.update(side_by_side(workdir, f"paced-{words}-{usage_by}", plain, w["stack"], body,
+            row.update(side_by_side(workdir, f"paced-{words}-{usage_by}", plain, weir, body,
                                     KEY + pacing + ["x-weir-policy: standard"], a, 32, plain_headers))
             if usage_by == "weir" and rows:
                 # Per event, from the longer stream's extra events.
@@ -217,10 +221,6 @@ def paced_experiment(workdir: Path, a: Args) -> list[dict]:
                 row["added_cpu_us_per_extra_event"] = round((row["added_cpu_us"] - rows[0]["added_cpu_us"]) / extra, 2)
             rows.append(row)
             print(f"paced {words} {usage_by}: {row}", file=sys.stderr, flush=True)
-    finally:
-        w["stack"].stop()
-        plain.stop()
-        stack.stop()
     return rows
 
 
