@@ -87,7 +87,14 @@ def profile(command: list[str]) -> int:
         print("perf is not installed: time and host calls only", file=sys.stderr)
         return subprocess.call(command)
     data = OUT / "perf.data"
+    # wasmtime writes the JIT's symbols to /tmp/perf-PID.map, which `perf report` on
+    # perf.data needs: the last run's map stays, each earlier one goes (~400 KB a run).
+    maps_list = OUT / "perf-maps.txt"
+    for old in maps_list.read_text().split() if maps_list.exists() else []:
+        Path(old).unlink(missing_ok=True)
+    before = set(Path("/tmp").glob("perf-*.map"))
     code = subprocess.call([perf, "record", "-q", "-F", "10000", "-g", "-o", str(data), "--"] + command)
+    maps_list.write_text("".join(f"{m}\n" for m in sorted(set(Path("/tmp").glob("perf-*.map")) - before)))
     if code != 0:
         return code
     script = subprocess.run([perf, "script", "-i", str(data)], capture_output=True, text=True).stdout
