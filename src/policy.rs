@@ -230,6 +230,9 @@ struct Prepared {
     /// Its decision depends only on input that repeats from request to request (see
     /// [`decisions_repeat`]).
     repeats: bool,
+    /// It reads only [`REPEATING_FIELDS`]: an API key's kept decisions are found by key
+    /// and model, before any input is built.
+    keyed: bool,
     /// Decisions already made: `Some` when `repeats` and the cache is on.
     decisions: Option<KeptDecisions>,
 }
@@ -387,15 +390,41 @@ impl Eq for Sharing<'_> {}
 /// `messages` the body, `usage` the counters.
 const REPEATING_FIELDS: [&str; 4] = ["version", "caller", "model", "time"];
 
-/// Whether a policy's decision is a function of input that repeats (and of `data`, fixed
-/// with the configuration): it reads only [`REPEATING_FIELDS`] (as far as
-/// `referenced_input_fields` can tell; unknown means no) and calls no builtin whose
-/// answer depends on more than its arguments (the clock, randomness, the network).
-fn decisions_repeat(input_fields: Option<&[String]>, program: &Program) -> bool {
-    let reads_repeating = input_fields.is_some_and(|fields| {
+/// Members of `request` and `directives` that repeat across a client's requests: read
+/// without `request.id`, `request.headers` (trace and retry headers change every time)
+/// or `directives.run_id`, they leave a decision that the next request can use again.
+const REPEATING_MEMBERS: [&str; 10] = [
+    "request.method",
+    "request.path",
+    "request.endpoint",
+    "request.api",
+    "directives.user",
+    "directives.tags",
+    "directives.policy",
+    "directives.locale",
+    "directives.plan",
+    "directives.region",
+];
+
+/// Whether a policy that reads `input_fields` reads [`REPEATING_FIELDS`] only: then its
+/// input is a function of the caller, the model and the second.
+fn reads_only_keyed_fields(input_fields: Option<&[String]>) -> bool {
+    input_fields.is_some_and(|fields| {
         fields
             .iter()
             .all(|f| REPEATING_FIELDS.contains(&f.as_str()))
+    })
+}
+
+/// Whether a policy's decision is a function of input that repeats (and of `data`, fixed
+/// with the configuration): it reads only [`REPEATING_FIELDS`] and [`REPEATING_MEMBERS`]
+/// (as far as `referenced_input_fields` can tell; unknown means no) and calls no builtin
+/// whose answer depends on more than its arguments (the clock, randomness, the network).
+fn decisions_repeat(input_fields: Option<&[String]>, program: &Program) -> bool {
+    let reads_repeating = input_fields.is_some_and(|fields| {
+        fields.iter().all(|f| {
+            REPEATING_FIELDS.contains(&f.as_str()) || REPEATING_MEMBERS.contains(&f.as_str())
+        })
     });
     let deterministic = !program.has_host_await
         && program.builtin_info_table.iter().all(|b| {
@@ -558,6 +587,7 @@ impl PolicySet {
             let repeats = program
                 .as_deref()
                 .is_some_and(|p| decisions_repeat(input_fields.as_deref(), p));
+            let keyed = reads_only_keyed_fields(input_fields.as_deref());
             policies.insert(
                 name.clone(),
                 Prepared {
@@ -567,6 +597,7 @@ impl PolicySet {
                     program,
                     interpreted_because,
                     repeats,
+                    keyed,
                     decisions: repeats.then(KeptDecisions::default),
                 },
             );
@@ -606,6 +637,7 @@ impl PolicySet {
                 Err(e) => return Err(format!("policy {name}: program: {e}")),
             };
             let repeats = decisions_repeat(b.input_fields.as_deref(), &program);
+            let keyed = reads_only_keyed_fields(b.input_fields.as_deref());
             let vm = new_vm(program, &data).map_err(|e| format!("policy {name}: {e}"))?;
             policies.insert(
                 name.clone(),
@@ -617,6 +649,7 @@ impl PolicySet {
                     program: None,
                     interpreted_because: None,
                     repeats,
+                    keyed,
                     decisions: repeats.then(KeptDecisions::default),
                 },
             );
@@ -700,8 +733,10 @@ impl PolicySet {
         self.policies.get(name).is_some_and(|p| p.needs_messages)
     }
 
-    /// The top-level input fields policy `name` may read (`None`: all of them). The input
-    /// for it is built with only these: the rest is never read, so never built.
+    /// The input fields policy `name` may read (`None`: all of them): top-level fields,
+    /// and members of `request` and `directives` read by themselves (`directives.user`;
+    /// see [`reads`]). The input for it is built with only these: the rest is never read,
+    /// so never built.
     pub fn input_fields(&self, name: &str) -> Option<&[String]> {
         self.policies.get(name)?.input_fields.as_deref()
     }
@@ -740,10 +775,11 @@ impl PolicySet {
         name: &str,
         parts: &InputParts<'_>,
     ) -> Result<(Decision, bool), String> {
+        let keyed = self.policies.get(name).is_some_and(|p| p.keyed);
         let key_id = parts
             .caller
             .key_id
-            .filter(|_| parts.caller.kind == "api_key");
+            .filter(|_| parts.caller.kind == "api_key" && keyed);
         if let Some(decision) =
             key_id.and_then(|id| self.kept_for_key(name, id, parts.model, parts.now_unix))
         {
@@ -771,7 +807,8 @@ impl PolicySet {
     }
 
     /// The decision policy `name` made for API key `key_id` and `model` in second
-    /// `now_unix`, if it keeps one: found before any input is built (see `KeptDecisions`).
+    /// `now_unix`, if it keeps one by key (it reads nothing else that repeats): found
+    /// before any input is built (see `KeptDecisions`).
     pub fn kept_for_key(
         &mut self,
         name: &str,
@@ -779,7 +816,8 @@ impl PolicySet {
         model: &str,
         now_unix: u64,
     ) -> Option<Decision> {
-        let kept = self.kept(name)?;
+        let p = self.policies.get_mut(name).filter(|p| p.keyed)?;
+        let kept = p.decisions.as_mut()?;
         kept.enter_second(now_unix);
         kept.for_key(key_id, model).cloned()
     }
@@ -1036,10 +1074,39 @@ pub fn build_input(p: &InputParts<'_>) -> serde_json::Value {
     to_json(&input_value(p, None)).unwrap_or_default()
 }
 
-/// The input document with only the top-level `fields` (`None`: all of them), built
+/// The input document with only `fields` (`None`: all of them; see [`reads`]), built
 /// straight as Rego values: no JSON in between, which costs as much again per request.
 pub fn input_value(p: &InputParts<'_>, fields: Option<&[String]>) -> Value {
     input_value_reusing(p, fields, None)
+}
+
+/// Whether a policy that reads `fields` reads `member` of top-level `field` (no
+/// allocation: this runs for every member of an input built per request).
+fn reads_member(fields: Option<&[String]>, field: &str, member: &str) -> bool {
+    fields.is_none_or(|fields| {
+        fields.iter().any(|f| match f.strip_prefix(field) {
+            Some("") => true,
+            Some(rest) => rest.strip_prefix('.') == Some(member),
+            None => false,
+        })
+    })
+}
+
+/// Whether a policy that reads `fields` (as [`PolicySet::input_fields`] gives them;
+/// `None`: everything) reads `path`, a top-level field (`"directives"`) or a member
+/// (`"directives.user"`): named itself, inside a field read whole, or, for a field, through
+/// any of its members.
+pub fn reads(fields: Option<&[String]>, path: &str) -> bool {
+    let below = |inner: &str, outer: &str| {
+        inner
+            .strip_prefix(outer)
+            .is_some_and(|rest| rest.starts_with('.'))
+    };
+    fields.is_none_or(|fields| {
+        fields
+            .iter()
+            .any(|f| f == path || below(path, f) || below(f, path))
+    })
 }
 
 fn input_value_reusing(
@@ -1047,7 +1114,17 @@ fn input_value_reusing(
     fields: Option<&[String]>,
     mut repeated: Option<&mut RepeatedInput>,
 ) -> Value {
-    let wants = |f: &str| fields.is_none_or(|fs| fs.iter().any(|x| x == f));
+    let wants = |f: &str| reads(fields, f);
+    // `request` and `directives` with only the members read (see `REPEATING_MEMBERS`).
+    // (Members not read are built and dropped: small values, and the filter gathers the
+    // headers only for a policy that reads them.)
+    let members = |field: &str, all: Vec<(&'static str, Value)>| {
+        let read = all
+            .into_iter()
+            .filter(|(m, _)| reads_member(fields, field, m))
+            .collect();
+        object(read)
+    };
     let mut input = vec![("version", Value::from(INPUT_VERSION))];
     if wants("request") {
         let headers = p
@@ -1056,14 +1133,17 @@ fn input_value_reusing(
             .map(|(k, v)| (Value::from(k.as_str()), Value::from(v.as_str())));
         input.push((
             "request",
-            object(vec![
-                ("id", Value::from(p.request_id)),
-                ("method", Value::from(p.method)),
-                ("path", Value::from(p.path)),
-                ("endpoint", Value::from(p.endpoint)),
-                ("api", Value::from(p.api)),
-                ("headers", map(headers.collect())),
-            ]),
+            members(
+                "request",
+                vec![
+                    ("id", Value::from(p.request_id)),
+                    ("method", Value::from(p.method)),
+                    ("path", Value::from(p.path)),
+                    ("endpoint", Value::from(p.endpoint)),
+                    ("api", Value::from(p.api)),
+                    ("headers", map(headers.collect())),
+                ],
+            ),
         ));
     }
     if wants("caller") {
@@ -1088,15 +1168,18 @@ fn input_value_reusing(
         let meta = |k: &str| optional(p.caller.metadata.get(k).map(String::as_str));
         input.push((
             "directives",
-            object(vec![
-                ("user", optional(p.user)),
-                ("run_id", Value::from(p.run_id)),
-                ("tags", strings(p.tags)),
-                ("policy", Value::from(p.policy)),
-                ("locale", optional(p.locale)),
-                ("plan", meta("plan")),
-                ("region", meta("region")),
-            ]),
+            members(
+                "directives",
+                vec![
+                    ("user", optional(p.user)),
+                    ("run_id", Value::from(p.run_id)),
+                    ("tags", strings(p.tags)),
+                    ("policy", Value::from(p.policy)),
+                    ("locale", optional(p.locale)),
+                    ("plan", meta("plan")),
+                    ("region", meta("region")),
+                ],
+            ),
         ));
     }
     if wants("model") {
@@ -1912,9 +1995,86 @@ tags contains "reviewed"
             "package weir.policy.p\n\ntags contains \"big\" if input.params.input_chars > 10\n",
             "package weir.policy.p\n\ntags contains \"x\" if input.usage.key\n",
             "package weir.policy.p\n\ntags contains \"x\" if input[\"caller\"]\n",
+            // Headers hold trace and retry ids; a field read whole holds its changing member.
+            "package weir.policy.p\n\ntags contains \"x\" if input.request.headers.a\n",
+            "package weir.policy.p\n\ntags contains \"x\" if input.directives[\"user\"]\n",
+            "package weir.policy.p\n\nd := input.directives\ntags contains \"x\" if d.user\n",
+            "package weir.policy.p\n\ntags contains \"x\" if input.directives.unknown\n",
         ] {
             assert!(!compiled(text).caches_decisions("p"), "{text}");
         }
+    }
+
+    #[test]
+    fn decisions_on_repeating_members_are_kept_by_input() {
+        // A policy that reads the end user and the endpoint, besides the caller.
+        let text = "package weir.policy.p\n\n\
+                    deny contains \"mallory is blocked\" if input.directives.user == \"mallory\"\n\
+                    tags contains sprintf(\"ep:%s\", [input.request.endpoint])\n\
+                    max_tokens := 100 if input.caller.team == \"t\"\n";
+        let set = PolicySet::compile(&[module("p.rego", text)], &json!(null), None).unwrap();
+        let mut set = PolicySet::load(&set.bundled().unwrap(), &json!(null), None).unwrap();
+        assert_eq!(
+            set.input_fields("p").unwrap(),
+            ["caller", "directives.user", "request.endpoint"]
+        );
+        assert!(set.caches_decisions("p"));
+        let parts = |user: Option<&'static str>, id: &'static str, endpoint: &'static str| {
+            let mut p = InputParts {
+                request_id: id,
+                run_id: id,
+                endpoint,
+                user,
+                model: "fast",
+                now_unix: 1_795_428_000,
+                policy: "p",
+                ..Default::default()
+            };
+            p.caller.kind = "api_key";
+            p.caller.key_id = Some("k");
+            p.caller.team = Some("t");
+            p
+        };
+        // Only the members read are built: not the request id, not the run id.
+        let built = set.input("p", &parts(Some("alice"), "r1", "chat_completions"));
+        assert_eq!(
+            to_json(&built).unwrap()["directives"],
+            json!({"user": "alice"})
+        );
+        assert_eq!(
+            to_json(&built).unwrap()["request"],
+            json!({"endpoint": "chat_completions"})
+        );
+        let mut decide = |user, id, endpoint| set.decide("p", &parts(user, id, endpoint)).unwrap();
+        let alice = decide(Some("alice"), "r1", "chat_completions");
+        assert_eq!(
+            (alice.0.denial(), alice.0.max_tokens, alice.1),
+            (None, Some(100), false)
+        );
+        assert_eq!(alice.0.tags, ["ep:chat_completions"]);
+        // Another request (id and run) of the same user: the kept decision.
+        assert_eq!(
+            decide(Some("alice"), "r2", "chat_completions"),
+            (alice.0.clone(), true)
+        );
+        // Another user, another endpoint, no user: each decided afresh, and right.
+        let mallory = decide(Some("mallory"), "r3", "chat_completions");
+        assert!(!mallory.1);
+        assert_eq!(mallory.0.denial().unwrap().reason, "mallory is blocked");
+        let kept = decide(Some("mallory"), "r4", "chat_completions");
+        assert!(kept.1 && kept.0.denial().is_some());
+        let messages = decide(Some("alice"), "r5", "messages");
+        assert_eq!(
+            (messages.0.tags.clone(), messages.1),
+            (vec!["ep:messages".to_string()], false)
+        );
+        assert!(!decide(None, "r6", "chat_completions").1);
+        assert_eq!(
+            decide(Some("alice"), "r7", "chat_completions"),
+            (alice.0.clone(), true)
+        );
+        // Its decisions depend on more than the key and model: never found by key alone.
+        assert_eq!(set.kept_for_key("p", "k", "fast", 1_795_428_000), None);
     }
 
     #[test]

@@ -85,6 +85,10 @@ fn tokens(text: &str) -> Vec<Token<'_>> {
 /// The top-level fields of `input` that Rego sources read, when every use of `input` is
 /// `input.<field>` outside strings and comments; `None` (all fields) for any other use
 /// (`input[x]`, `f(input)`, `x := input`), so the answer never leaves out a field.
+///
+/// The members of the fields in [`INPUT_FIELDS_BY_MEMBER`] are found too, when spelled
+/// `input.<field>.<member>` (`"directives.user"`); any other use of such a field reads it
+/// whole (`"directives"`).
 pub fn referenced_input_fields<'a>(texts: impl Iterator<Item = &'a str>) -> Option<Vec<String>> {
     let mut fields = std::collections::BTreeSet::new();
     for text in texts {
@@ -93,20 +97,30 @@ pub fn referenced_input_fields<'a>(texts: impl Iterator<Item = &'a str>) -> Opti
             if t.text != "input" {
                 continue;
             }
-            match (toks.get(i + 1), toks.get(i + 2)) {
-                (Some(dot), Some(field))
-                    if dot.text == "." && dot.at == t.end() && field.at == dot.end() =>
-                {
-                    if !field.is_name() {
-                        return None;
-                    }
-                    fields.insert(field.text.to_string());
+            // Any use but `input.<name>` could read any field.
+            let field = dotted_name(&toks, i)?;
+            match dotted_name(&toks, i + 2) {
+                Some(member) if INPUT_FIELDS_BY_MEMBER.contains(&field) => {
+                    fields.insert(format!("{field}.{member}"));
                 }
-                _ => return None,
+                _ => {
+                    fields.insert(field.to_string());
+                }
             }
         }
     }
     Some(fields.into_iter().collect())
+}
+
+/// Input fields whose members are told apart: each holds one member that changes with
+/// every request (`request.id`, `directives.run_id`) beside members that repeat.
+pub const INPUT_FIELDS_BY_MEMBER: [&str; 2] = ["request", "directives"];
+
+/// The name after token `i` when it is `.name`, written without spaces.
+fn dotted_name<'a>(toks: &[Token<'a>], i: usize) -> Option<&'a str> {
+    let (t, dot, name) = (toks.get(i)?, toks.get(i + 1)?, toks.get(i + 2)?);
+    (dot.text == "." && dot.at == t.end() && name.at == dot.end() && name.is_name())
+        .then_some(name.text)
 }
 
 /// `data.a.b` for a module that starts with `package a.b`.
@@ -353,6 +367,31 @@ mod tests {
             assert_eq!(of(t), None, "{t}");
         }
         assert_eq!(of("my_input := 1\ninputs := 2"), Some(vec![]));
+        // The members of `request` and `directives` are told apart; any other use of them
+        // (a bracket, a bare reference, an import) reads them whole.
+        let fields = |v: &[&str]| Some(v.iter().map(|f| f.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            of("a if input.directives.user == \"m\"\nb if input.request.endpoint\nc if input.caller.team.x"),
+            fields(&["caller", "directives.user", "request.endpoint"])
+        );
+        assert_eq!(
+            of("t if input.directives.tags[_] == \"x\"\nh := input.request.headers[\"a\"]"),
+            fields(&["directives.tags", "request.headers"])
+        );
+        for (t, whole) in [
+            ("a if input.directives[\"user\"]", "directives"),
+            ("d := input.directives\nx := d.user", "directives"),
+            ("a if input.directives .user", "directives"),
+            ("a if input.directives. user", "directives"),
+            ("import input.request\nx := request.id", "request"),
+            ("a if input.request.1", "request"),
+        ] {
+            assert_eq!(of(t), fields(&[whole]), "{t}");
+        }
+        assert_eq!(
+            of("a if input.directives.user\nb if input.directives[k]"),
+            fields(&["directives", "directives.user"])
+        );
         assert_eq!(of("s := \"é input\" # ü input\n"), Some(vec![]));
     }
 

@@ -145,7 +145,7 @@ def test_cli_check_and_bundle(built, tmp_path):
     result = run_weir("check", "envoy/weir.toml", env=env)
     assert result.returncode == 0, result.stderr
     assert "ok (3 providers, 4 tiers, 1 keys)" in result.stdout
-    assert "decisions kept for repeating input (caller, model, time): standard\n" in result.stdout
+    assert "decisions kept for repeating input: standard (caller, model, time)\n" in result.stdout
 
     out = tmp_path / "bundle.json"
     result = run_weir("bundle", "envoy/weir.toml", "--wasm", str(devstack.WASM), "--out", str(out), env=env)

@@ -284,6 +284,50 @@ def test_repeated_decisions_come_from_the_cache_and_are_enforced(pol, rid):
     assert not any(pol.audit(f"{rid}-dlp-{i}")["policy_cached"] for i in range(10))
 
 
+def test_decisions_on_the_end_user_are_kept_per_user(pol, rid):
+    """A policy that reads the end user (`input.directives.user`) and the endpoint, not the
+    run or request id: its decisions are kept per user, and each user gets their own."""
+    (pol.policies / "users.rego").write_text(
+        "package weir.policy.users\n\n"
+        'deny contains "mallory is blocked" if input.directives.user == "mallory"\n\n'
+        'tags contains sprintf("endpoint:%s", [input.request.endpoint])\n'
+    )
+    try:
+        pol.deploy()
+        policy = {"x-weir-policy": "users"}
+        deadline = time.monotonic() + 10
+        while (ok := pol.chat(DEMO_KEY, rid, None, policy)).status_code == 400:
+            assert time.monotonic() < deadline, ok.text
+            time.sleep(0.05)
+        assert ok.status_code == 200, ok.text
+        users = ["alice", "mallory", "alice", "bob", "mallory"] * 4
+        with httpx.Client(timeout=30) as client:  # one connection: one worker's cache
+            for i, user in enumerate(users):
+                h = {"authorization": f"Bearer {DEMO_KEY}", "x-weir-request-id": f"{rid}-{i}",
+                     "x-weir-user": user, **policy}
+                response = client.post(pol.url + "/v1/chat/completions",
+                                       json={"model": "fast", "messages": MESSAGES}, headers=h)
+                if user == "mallory":
+                    assert response.status_code == 403, response.text
+                    assert "mallory is blocked" in response.json()["error"]["message"]
+                else:
+                    assert response.status_code == 200, response.text
+        records = [pol.audit(f"{rid}-{i}") for i in range(len(users))]
+        for user, r in zip(users, records):
+            assert r["user"] == user and r["policy"] == "users"
+            if user == "mallory":
+                assert (r["decision"], r["reason"]) == ("deny", "mallory is blocked"), r
+            else:
+                assert r["decision"] == "allow" and "endpoint:chat_completions" in r["tags"], r
+                assert len(pol.received(r["request_id"])) == 1
+        # Each user's decision is kept (the run and request ids differ every time).
+        for user in ("alice", "mallory"):
+            assert any(r["policy_cached"] for u, r in zip(users, records) if u == user), (user, records)
+    finally:
+        (pol.policies / "users.rego").unlink(missing_ok=True)
+        pol.deploy()
+
+
 def test_decision_cache_can_be_turned_off(pol, rid):
     original = pol.config.read_text()
     body = {"model": "balanced", "messages": MESSAGES}

@@ -200,16 +200,23 @@ fn run(cli: Cli) -> Result<(), String> {
                 for (name, why) in &interpreted {
                     println!("  {name}: {why}");
                 }
-                let kept: Vec<&str> = policies
+                // Each with the input its kept decisions are found by.
+                let kept: Vec<String> = policies
                     .names()
                     .into_iter()
                     .filter(|n| policies.caches_decisions(n))
+                    .map(|n| {
+                        let fields = policies.input_fields(n).unwrap_or_default();
+                        let read: Vec<&str> = fields
+                            .iter()
+                            .map(String::as_str)
+                            .filter(|f| *f != "version")
+                            .collect();
+                        format!("{n} ({})", read.join(", "))
+                    })
                     .collect();
                 if !kept.is_empty() {
-                    println!(
-                        "decisions kept for repeating input (caller, model, time): {}",
-                        kept.join(", ")
-                    );
+                    println!("decisions kept for repeating input: {}", kept.join(", "));
                 }
                 if !interpreted.is_empty() {
                     return Err(format!(

@@ -208,7 +208,7 @@ impl WeirHttp {
         let needs_messages = set.needs_messages(name);
         // Only what the policy reads is built (headers, usage and time cost host calls).
         let fields = set.input_fields(name);
-        let wants = |f: &str| fields.is_none_or(|fs| fs.iter().any(|x| x == f));
+        let wants = |f: &str| crate::policy::reads(fields, f);
         // Parsing the messages and tools is the costly part of the input: only for a policy
         // that reads them (a kept decision of `standard` needs none of it).
         let essentials = if needs_messages || wants("params") {
@@ -240,7 +240,7 @@ impl WeirHttp {
             },
             None => CallerInput::default(),
         };
-        let headers: Vec<(String, String)> = if wants("request") {
+        let headers: Vec<(String, String)> = if wants("request.headers") {
             self.headers
                 .pairs()
                 .filter(|(k, _)| {
@@ -251,7 +251,7 @@ impl WeirHttp {
         } else {
             Vec::new()
         };
-        let locale = if wants("directives") {
+        let locale = if wants("directives.locale") {
             self.headers
                 .get_str("accept-language")
                 .and_then(|l| l.split([',', ';']).next().map(|l| l.trim().to_string()))
