@@ -30,6 +30,22 @@ class PolicyStack(Running):
         result = self.stack.bundle(self.config)
         assert result.returncode == 0, result.stderr
 
+    def add_policy(self, name: str, text: str, rid: str, headers: dict | None = None) -> httpx.Response:
+        """Writes and deploys policy `name`; the first answer once Envoy has it (a 400
+        `unknown_policy` until then), for the demo key with `headers`."""
+        (self.policies / f"{name}.rego").write_text(text)
+        self.deploy()
+        chosen = {"x-weir-policy": name, **(headers or {})}
+        deadline = time.monotonic() + 10
+        while (response := self.chat(DEMO_KEY, rid, None, chosen)).status_code == 400:
+            assert time.monotonic() < deadline, response.text
+            time.sleep(0.05)
+        return response
+
+    def remove_policy(self, name: str) -> None:
+        (self.policies / f"{name}.rego").unlink(missing_ok=True)
+        self.deploy()
+
     def chat(self, key, rid, body=None, headers=None, path="/v1/chat/completions") -> httpx.Response:
         body = body or {"model": "fast", "messages": MESSAGES}
         h = {"authorization": f"Bearer {key}", "x-weir-request-id": rid, **(headers or {})}
@@ -229,20 +245,15 @@ def test_policy_changes_without_restarting_envoy(pol, rid):
 def test_policies_see_every_input_field_they_read(pol, rid):
     """The filter builds only the input fields the bundled policies read (found in their
     source by `weir bundle`): each field a policy names must still be there."""
-    (pol.policies / "fields.rego").write_text(
-        "package weir.policy.fields\n\n"
-        'deny contains "curl is not welcome" if input.request.headers["user-agent"] == "curl-test"\n\n'
-        'deny contains "mallory is blocked" if input.directives.user == "mallory"\n\n'
-        'deny contains "at most 1000 tokens" if input.params.max_tokens > 1000\n\n'
-        'tags contains sprintf("team-tag:%s", [input.request.headers["x-team-tag"]])\n'
-    )
+    policy = {"x-weir-policy": "fields"}
     try:
-        pol.deploy()
-        policy = {"x-weir-policy": "fields"}
-        deadline = time.monotonic() + 10
-        while (ok := pol.chat(DEMO_KEY, rid, None, {**policy, "x-team-tag": "blue"})).status_code == 400:
-            assert time.monotonic() < deadline, ok.text
-            time.sleep(0.05)
+        ok = pol.add_policy("fields", (
+            "package weir.policy.fields\n\n"
+            'deny contains "curl is not welcome" if input.request.headers["user-agent"] == "curl-test"\n\n'
+            'deny contains "mallory is blocked" if input.directives.user == "mallory"\n\n'
+            'deny contains "at most 1000 tokens" if input.params.max_tokens > 1000\n\n'
+            'tags contains sprintf("team-tag:%s", [input.request.headers["x-team-tag"]])\n'
+        ), rid, {"x-team-tag": "blue"})
         assert ok.status_code == 200, ok.text
         assert "team-tag:blue" in pol.audit(rid)["tags"]
         denied = {
@@ -255,8 +266,7 @@ def test_policies_see_every_input_field_they_read(pol, rid):
             assert response.status_code == 403, (reason, response.text)
             assert reason in response.json()["error"]["message"]
     finally:
-        (pol.policies / "fields.rego").unlink(missing_ok=True)
-        pol.deploy()
+        pol.remove_policy("fields")
 
 
 def test_repeated_decisions_come_from_the_cache_and_are_enforced(pol, rid):
@@ -287,18 +297,13 @@ def test_repeated_decisions_come_from_the_cache_and_are_enforced(pol, rid):
 def test_decisions_on_the_end_user_are_kept_per_user(pol, rid):
     """A policy that reads the end user (`input.directives.user`) and the endpoint, not the
     run or request id: its decisions are kept per user, and each user gets their own."""
-    (pol.policies / "users.rego").write_text(
-        "package weir.policy.users\n\n"
-        'deny contains "mallory is blocked" if input.directives.user == "mallory"\n\n'
-        'tags contains sprintf("endpoint:%s", [input.request.endpoint])\n'
-    )
+    policy = {"x-weir-policy": "users"}
     try:
-        pol.deploy()
-        policy = {"x-weir-policy": "users"}
-        deadline = time.monotonic() + 10
-        while (ok := pol.chat(DEMO_KEY, rid, None, policy)).status_code == 400:
-            assert time.monotonic() < deadline, ok.text
-            time.sleep(0.05)
+        ok = pol.add_policy("users", (
+            "package weir.policy.users\n\n"
+            'deny contains "mallory is blocked" if input.directives.user == "mallory"\n\n'
+            'tags contains sprintf("endpoint:%s", [input.request.endpoint])\n'
+        ), rid)
         assert ok.status_code == 200, ok.text
         users = ["alice", "mallory", "alice", "bob", "mallory"] * 4
         with httpx.Client(timeout=30) as client:  # one connection: one worker's cache
@@ -324,8 +329,7 @@ def test_decisions_on_the_end_user_are_kept_per_user(pol, rid):
         for user in ("alice", "mallory"):
             assert any(r["policy_cached"] for u, r in zip(users, records) if u == user), (user, records)
     finally:
-        (pol.policies / "users.rego").unlink(missing_ok=True)
-        pol.deploy()
+        pol.remove_policy("users")
 
 
 def test_decision_cache_can_be_turned_off(pol, rid):
