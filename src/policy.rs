@@ -393,6 +393,8 @@ const REPEATING_FIELDS: [&str; 4] = ["version", "caller", "model", "time"];
 /// Members of `request` and `directives` that repeat across a client's requests: read
 /// without `request.id`, `request.headers` (trace and retry headers change every time)
 /// or `directives.run_id`, they leave a decision that the next request can use again.
+/// Headers read by name (`request.headers.user-agent`) count as repeating: the policy's
+/// author chose them.
 const REPEATING_MEMBERS: [&str; 10] = [
     "request.method",
     "request.path",
@@ -423,7 +425,9 @@ fn reads_only_keyed_fields(input_fields: Option<&[String]>) -> bool {
 fn decisions_repeat(input_fields: Option<&[String]>, program: &Program) -> bool {
     let reads_repeating = input_fields.is_some_and(|fields| {
         fields.iter().all(|f| {
-            REPEATING_FIELDS.contains(&f.as_str()) || REPEATING_MEMBERS.contains(&f.as_str())
+            REPEATING_FIELDS.contains(&f.as_str())
+                || REPEATING_MEMBERS.contains(&f.as_str())
+                || f.starts_with(NAMED_HEADER)
         })
     });
     let deterministic = !program.has_host_await
@@ -1080,14 +1084,30 @@ pub fn input_value(p: &InputParts<'_>, fields: Option<&[String]>) -> Value {
     input_value_reusing(p, fields, None)
 }
 
-/// Whether a policy that reads `fields` reads `member` of top-level `field` (no
-/// allocation: this runs for every member of an input built per request).
+/// Whether a policy that reads `fields` reads `member` of top-level `field`, whole or in
+/// part (no allocation: this runs for every member of an input built per request).
 fn reads_member(fields: Option<&[String]>, field: &str, member: &str) -> bool {
     fields.is_none_or(|fields| {
         fields.iter().any(|f| match f.strip_prefix(field) {
             Some("") => true,
-            Some(rest) => rest.strip_prefix('.') == Some(member),
+            Some(rest) => rest
+                .strip_prefix('.')
+                .and_then(|r| r.strip_prefix(member))
+                .is_some_and(|r| r.is_empty() || r.starts_with('.')),
             None => false,
+        })
+    })
+}
+
+/// How a field names one request header it reads (`request.headers.user-agent`).
+const NAMED_HEADER: &str = "request.headers.";
+
+/// Whether a policy that reads `fields` reads request header `name`: by its name, or
+/// all headers (all its fields, `request` or `request.headers` whole).
+pub fn reads_header(fields: Option<&[String]>, name: &str) -> bool {
+    fields.is_none_or(|fields| {
+        fields.iter().any(|f| {
+            f == "request" || f == "request.headers" || f.strip_prefix(NAMED_HEADER) == Some(name)
         })
     })
 }
@@ -1130,6 +1150,7 @@ fn input_value_reusing(
         let headers = p
             .headers
             .iter()
+            .filter(|(k, _)| reads_header(fields, k))
             .map(|(k, v)| (Value::from(k.as_str()), Value::from(v.as_str())));
         input.push((
             "request",
@@ -1996,7 +2017,7 @@ tags contains "reviewed"
             "package weir.policy.p\n\ntags contains \"x\" if input.usage.key\n",
             "package weir.policy.p\n\ntags contains \"x\" if input[\"caller\"]\n",
             // Headers hold trace and retry ids; a field read whole holds its changing member.
-            "package weir.policy.p\n\ntags contains \"x\" if input.request.headers.a\n",
+            "package weir.policy.p\n\ntags contains k if some k, v in input.request.headers\n",
             "package weir.policy.p\n\ntags contains \"x\" if input.directives[\"user\"]\n",
             "package weir.policy.p\n\nd := input.directives\ntags contains \"x\" if d.user\n",
             "package weir.policy.p\n\ntags contains \"x\" if input.directives.unknown\n",
@@ -2075,6 +2096,53 @@ tags contains "reviewed"
         );
         // Its decisions depend on more than the key and model: never found by key alone.
         assert_eq!(set.kept_for_key("p", "k", "fast", 1_795_428_000), None);
+    }
+
+    #[test]
+    fn decisions_on_headers_read_by_name_are_kept() {
+        let text = "package weir.policy.p\n\n\
+                    deny contains \"no curl\" if startswith(input.request.headers[\"user-agent\"], \"curl\")\n";
+        let set = PolicySet::compile(&[module("p.rego", text)], &json!(null), None).unwrap();
+        let mut set = PolicySet::load(&set.bundled().unwrap(), &json!(null), None).unwrap();
+        assert_eq!(
+            set.input_fields("p").unwrap(),
+            ["request.headers.user-agent"]
+        );
+        assert!(set.caches_decisions("p"));
+        let parts = |agent: &str, id: &str| InputParts {
+            headers: vec![
+                ("user-agent".to_string(), agent.to_string()),
+                ("x-request-id".to_string(), id.to_string()),
+            ],
+            model: "fast",
+            now_unix: 1_795_428_000,
+            ..Default::default()
+        };
+        // Only the header read is built: not Envoy's request id, new on every request.
+        let built = to_json(&set.input("p", &parts("curl/8", "r1"))).unwrap();
+        assert_eq!(
+            built["request"],
+            json!({"headers": {"user-agent": "curl/8"}})
+        );
+        let curl = set.decide("p", &parts("curl/8", "r1")).unwrap();
+        assert!(!curl.1 && curl.0.denial().is_some());
+        assert_eq!(
+            set.decide("p", &parts("curl/8", "r2")).unwrap(),
+            (curl.0, true)
+        );
+        let sdk = set.decide("p", &parts("OpenAI/Python", "r3")).unwrap();
+        assert!(!sdk.1 && sdk.0.denial().is_none());
+        assert_eq!(
+            set.decide("p", &parts("OpenAI/Python", "r4")).unwrap(),
+            (sdk.0, true)
+        );
+        // Read whole, every header is built.
+        let fields = ["request.headers".to_string()];
+        let all = to_json(&input_value(&parts("a", "r5"), Some(&fields))).unwrap();
+        assert_eq!(all["request"]["headers"]["x-request-id"], "r5");
+        assert!(reads_header(Some(&fields), "x-request-id") && reads_header(None, "a"));
+        let named = ["request.headers.user-agent".to_string()];
+        assert!(reads_header(Some(&named), "user-agent") && !reads_header(Some(&named), "user"));
     }
 
     #[test]

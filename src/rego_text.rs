@@ -7,8 +7,9 @@
 //! fields; an import left as it is), and the VM's decisions are checked against the
 //! interpreter's on the original source anyway.
 
-/// A word (identifier, keyword or number) or one other character of Rego code, outside
-/// strings and comments, with its byte offset.
+/// A word (identifier, keyword or number), a double-quoted string (quotes included) or
+/// one other character of Rego code, outside comments and raw strings, with its byte
+/// offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Token<'a> {
     text: &'a str,
@@ -45,11 +46,19 @@ fn tokens(text: &str) -> Vec<Token<'_>> {
                 }
             }
             b'"' => {
+                let start = i;
                 i += 1;
                 while i < b.len() && b[i] != b'"' {
                     i += if b[i] == b'\\' { 2 } else { 1 };
                 }
-                i += 1;
+                i = (i + 1).min(b.len());
+                // Ends after an ASCII quote, or at the end of the text: a char boundary.
+                if let Some(string) = text.get(start..i) {
+                    out.push(Token {
+                        text: string,
+                        at: start,
+                    });
+                }
             }
             b'`' => {
                 i += 1;
@@ -100,13 +109,15 @@ pub fn referenced_input_fields<'a>(texts: impl Iterator<Item = &'a str>) -> Opti
             // Any use but `input.<name>` could read any field.
             let field = dotted_name(&toks, i)?;
             match dotted_name(&toks, i + 2) {
+                Some("headers") if field == "request" => match header_name(&toks, i + 4) {
+                    Some(name) => fields.insert(format!("request.headers.{name}")),
+                    None => fields.insert("request.headers".to_string()),
+                },
                 Some(member) if INPUT_FIELDS_BY_MEMBER.contains(&field) => {
-                    fields.insert(format!("{field}.{member}"));
+                    fields.insert(format!("{field}.{member}"))
                 }
-                _ => {
-                    fields.insert(field.to_string());
-                }
-            }
+                _ => fields.insert(field.to_string()),
+            };
         }
     }
     Some(fields.into_iter().collect())
@@ -121,6 +132,32 @@ fn dotted_name<'a>(toks: &[Token<'a>], i: usize) -> Option<&'a str> {
     let (t, dot, name) = (toks.get(i)?, toks.get(i + 1)?, toks.get(i + 2)?);
     (dot.text == "." && dot.at == t.end() && name.at == dot.end() && name.is_name())
         .then_some(name.text)
+}
+
+/// The header named after token `i` (`headers`): `.name` or `["name"]`, written without
+/// spaces, the name of letters, digits, `-` and `_` only (no escapes, no dots).
+fn header_name<'a>(toks: &[Token<'a>], i: usize) -> Option<&'a str> {
+    if let Some(name) = dotted_name(toks, i) {
+        return Some(name);
+    }
+    let (t, open, string, close) = (
+        toks.get(i)?,
+        toks.get(i + 1)?,
+        toks.get(i + 2)?,
+        toks.get(i + 3)?,
+    );
+    let name = string.text.strip_prefix('"')?.strip_suffix('"')?;
+    let simple = !name.is_empty()
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
+    (open.text == "["
+        && open.at == t.end()
+        && string.at == open.end()
+        && close.text == "]"
+        && close.at == string.end()
+        && simple)
+        .then_some(name)
 }
 
 /// `data.a.b` for a module that starts with `package a.b`.
@@ -375,9 +412,27 @@ mod tests {
             fields(&["caller", "directives.user", "request.endpoint"])
         );
         assert_eq!(
-            of("t if input.directives.tags[_] == \"x\"\nh := input.request.headers[\"a\"]"),
+            of("t if input.directives.tags[_] == \"x\"\nh := input.request.headers[k]"),
             fields(&["directives.tags", "request.headers"])
         );
+        // Headers by name, when named plainly; else all of them.
+        assert_eq!(
+            of("a if input.request.headers[\"user-agent\"] == \"x\"\nb := input.request.headers.x_team"),
+            fields(&["request.headers.user-agent", "request.headers.x_team"])
+        );
+        for t in [
+            "a := input.request.headers",
+            "a := input.request.headers[\"a.b\"]",
+            "a := input.request.headers[\"a\\u0041\"]",
+            "a := input.request.headers[\"\"]",
+            "a := input.request.headers [\"a\"]",
+            "a := input.request.headers[ \"a\"]",
+            "a := input.request.headers[\"a\" ]",
+            "a := input.request.headers[\"a\"",
+            "a := input.request.headers[\"a",
+        ] {
+            assert_eq!(of(t), fields(&["request.headers"]), "{t}");
+        }
         for (t, whole) in [
             ("a if input.directives[\"user\"]", "directives"),
             ("d := input.directives\nx := d.user", "directives"),

@@ -295,38 +295,42 @@ def test_repeated_decisions_come_from_the_cache_and_are_enforced(pol, rid):
 
 
 def test_decisions_on_the_end_user_are_kept_per_user(pol, rid):
-    """A policy that reads the end user (`input.directives.user`) and the endpoint, not the
-    run or request id: its decisions are kept per user, and each user gets their own."""
+    """A policy that reads the end user (`input.directives.user`), the endpoint and one
+    header by name, not the run or request id (nor Envoy's `x-request-id` header): its
+    decisions are kept per user and client, and each gets their own."""
     policy = {"x-weir-policy": "users"}
     try:
         ok = pol.add_policy("users", (
             "package weir.policy.users\n\n"
             'deny contains "mallory is blocked" if input.directives.user == "mallory"\n\n'
+            'deny contains "curl is not welcome" if input.request.headers["user-agent"] == "curl-test"\n\n'
             'tags contains sprintf("endpoint:%s", [input.request.endpoint])\n'
         ), rid)
         assert ok.status_code == 200, ok.text
+        # Bob calls with curl's user agent.
         users = ["alice", "mallory", "alice", "bob", "mallory"] * 4
+        refusals = {"mallory": "mallory is blocked", "bob": "curl is not welcome"}
         with httpx.Client(timeout=30) as client:  # one connection: one worker's cache
             for i, user in enumerate(users):
                 h = {"authorization": f"Bearer {DEMO_KEY}", "x-weir-request-id": f"{rid}-{i}",
-                     "x-weir-user": user, **policy}
+                     "x-weir-user": user, **policy, **({"user-agent": "curl-test"} if user == "bob" else {})}
                 response = client.post(pol.url + "/v1/chat/completions",
                                        json={"model": "fast", "messages": MESSAGES}, headers=h)
-                if user == "mallory":
+                if user in refusals:
                     assert response.status_code == 403, response.text
-                    assert "mallory is blocked" in response.json()["error"]["message"]
+                    assert refusals[user] in response.json()["error"]["message"]
                 else:
                     assert response.status_code == 200, response.text
         records = [pol.audit(f"{rid}-{i}") for i in range(len(users))]
         for user, r in zip(users, records):
             assert r["user"] == user and r["policy"] == "users"
-            if user == "mallory":
-                assert (r["decision"], r["reason"]) == ("deny", "mallory is blocked"), r
+            if user in refusals:
+                assert (r["decision"], r["reason"]) == ("deny", refusals[user]), r
             else:
                 assert r["decision"] == "allow" and "endpoint:chat_completions" in r["tags"], r
                 assert len(pol.received(r["request_id"])) == 1
         # Each user's decision is kept (the run and request ids differ every time).
-        for user in ("alice", "mallory"):
+        for user in ("alice", "mallory", "bob"):
             assert any(r["policy_cached"] for u, r in zip(users, records) if u == user), (user, records)
     finally:
         pol.remove_policy("users")

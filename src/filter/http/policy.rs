@@ -241,11 +241,13 @@ impl WeirHttp {
             None => CallerInput::default(),
         };
         let headers: Vec<(String, String)> = if wants("request.headers") {
+            // All of them, or only those the policy reads by name.
             self.headers
                 .pairs()
                 .filter(|(k, _)| {
                     !k.starts_with(':') && !SECRET_HEADERS.contains(k) && !k.starts_with("x-weir-")
                 })
+                .filter(|(k, _)| crate::policy::reads_header(fields, k))
                 .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v).into_owned()))
                 .collect()
         } else {
