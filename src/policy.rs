@@ -1962,6 +1962,65 @@ tags contains "reviewed"
         }
     }
 
+    /// Ways a policy may read the parts of `request` and `directives` that are built by
+    /// member, each spelled as a Rego expression (with the statements it needs first).
+    const MEMBER_READS: [(&str, &str); 12] = [
+        ("", "input.directives.user"),
+        ("", "input.directives[\"user\"]"),
+        ("", "input.directives.run_id"),
+        ("d := input.directives\n", "d.tags"),
+        ("", "object.keys(input.directives)"),
+        ("", "input.request.headers[\"user-agent\"]"),
+        ("", "input.request.headers.x_team"),
+        ("", "count(input.request.headers)"),
+        ("some k\n", "input.request.headers[k]"),
+        ("", "input.request.endpoint"),
+        ("", "input.request.id"),
+        ("r := input.request\n", "r.headers"),
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// Whatever a policy reads of `request` and `directives`, and however it spells it,
+        /// it decides on the input built for it (only the members it reads) exactly as on
+        /// the whole input document.
+        #[test]
+        fn policies_decide_alike_on_the_input_built_for_them(
+            reads in proptest::collection::btree_set(0..MEMBER_READS.len(), 1..4),
+            user in proptest::option::of("[a-c]"),
+            agent in proptest::option::of("[a-c]"),
+            team in proptest::option::of("[a-c]"),
+            id in "[0-9]{1,2}",
+        ) {
+            let mut text = String::from("package weir.policy.p\n");
+            for (i, &r) in reads.iter().enumerate() {
+                let (before, expr) = MEMBER_READS[r];
+                text += &format!("\ntags contains t if {{\n{before}t := sprintf(\"{i}:%v\", [{expr}])\n}}\n");
+            }
+            let mut set = PolicySet::compile(&[module("p.rego", &text)], &json!(null), None).unwrap();
+            let mut headers = vec![("x-request-id".to_string(), id.clone())];
+            headers.extend(agent.map(|a| ("user-agent".to_string(), a)));
+            headers.extend(team.map(|t| ("x_team".to_string(), t)));
+            let tags = ["t1".to_string()];
+            let parts = InputParts {
+                request_id: &id,
+                run_id: &id,
+                endpoint: "chat_completions",
+                headers,
+                user: user.as_deref(),
+                tags: &tags,
+                policy: "p",
+                model: "fast",
+                ..Default::default()
+            };
+            let built = set.input("p", &parts);
+            let whole = input_value(&parts, None);
+            let on_built = set.evaluate("p", built).unwrap();
+            let on_whole = set.evaluate("p", whole).unwrap();
+            proptest::prop_assert_eq!(on_built, on_whole, "{}", text);
+        }
+    }
+
     fn arbitrary_json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
         use proptest::prelude::*;
         let leaf = prop_oneof![
