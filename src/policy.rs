@@ -558,7 +558,7 @@ impl PolicySet {
             // The fields read by the modules the policy may use (all modules, if the
             // scanner cannot tell which).
             let package = format!("{POLICY_PREFIX}{name}");
-            let input_fields = match crate::rego_text::modules_used_by(&texts, &package) {
+            let mut input_fields = match crate::rego_text::modules_used_by(&texts, &package) {
                 Some(used) => {
                     crate::rego_text::referenced_input_fields(used.iter().map(|&i| texts[i]))
                 }
@@ -571,10 +571,18 @@ impl PolicySet {
             // The interpreter's decisions on the probe inputs, which the VM must match
             // (running the VM on them also warms it before the first request).
             let mut references = Vec::new();
-            for input in probe_inputs() {
+            for input in probe_inputs(None) {
                 let decision = interpret_on(&mut engine, name, input.clone())
                     .map_err(|e| format!("policy {name}: {e}"))?;
                 references.push((input, decision));
+            }
+            if !decides_alike_on_built_input(
+                &mut engine,
+                name,
+                input_fields.as_deref(),
+                &references,
+            ) {
+                input_fields = None;
             }
             let mut chosen = Err(String::new());
             for e in fast_engine.iter_mut().chain([&mut engine]) {
@@ -677,7 +685,7 @@ impl PolicySet {
         // a policy that fails on an ordinary input is refused with the configuration.
         let names: Vec<String> = set.policies.keys().cloned().collect();
         for name in names {
-            for probe in probe_inputs() {
+            for probe in probe_inputs(None) {
                 set.evaluate(&name, probe)
                     .map_err(|e| format!("policy {name}: {e}"))?;
             }
@@ -878,6 +886,24 @@ impl PolicySet {
             .ok_or_else(|| format!("policy {name:?}: no interpreter"))?;
         interpret_on(engine, name, input)
     }
+}
+
+/// Whether policy `name` decides on the probe inputs built with only `fields` (those the
+/// scanner found it reads) as it did on the whole ones (`references`). A spelling the
+/// scanner misreads would build an input without a field the policy reads: then the
+/// policy gets every field instead.
+#[cfg(not(target_arch = "wasm32"))]
+fn decides_alike_on_built_input(
+    engine: &mut Engine,
+    name: &str,
+    fields: Option<&[String]>,
+    references: &[(Value, Decision)],
+) -> bool {
+    fields.is_none()
+        || probe_inputs(fields)
+            .into_iter()
+            .zip(references)
+            .all(|(input, (_, whole))| interpret_on(engine, name, input).is_ok_and(|d| d == *whole))
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -1330,7 +1356,9 @@ fn time_value(unix: u64) -> Value {
 
 /// Inputs every policy is evaluated on when it is compiled: one with nothing set, and one
 /// with every field a request can carry.
-fn probe_inputs() -> [Value; 2] {
+/// Two inputs to run each policy on before any request: an empty request, and one with
+/// every field set; each built with only `fields` (`None`: all of them).
+fn probe_inputs(fields: Option<&[String]>) -> [Value; 2] {
     let empty = input_value(
         &InputParts {
             request_id: "prepare",
@@ -1348,7 +1376,7 @@ fn probe_inputs() -> [Value; 2] {
             messages: Some(Vec::new()),
             ..Default::default()
         },
-        None,
+        fields,
     );
     let tags = ["probe".to_string()];
     let scopes = ["chat".to_string(), "model:*".to_string()];
@@ -1392,7 +1420,7 @@ fn probe_inputs() -> [Value; 2] {
             now_unix: 1_795_336_805,
             usage: None,
         },
-        None,
+        fields,
     );
     [empty, full]
 }
@@ -2155,6 +2183,38 @@ tags contains "reviewed"
         );
         // Its decisions depend on more than the key and model: never found by key alone.
         assert_eq!(set.kept_for_key("p", "k", "fast", 1_795_428_000), None);
+    }
+
+    #[test]
+    fn an_input_without_a_field_the_policy_reads_is_caught_at_compile_time() {
+        // The probe with every field set names the user "probe", whom this policy refuses.
+        let text =
+            "package weir.policy.p\n\ndeny contains \"no\" if input.directives.user == \"probe\"\n";
+        let mut set = PolicySet::compile(&[module("p.rego", text)], &json!(null), None).unwrap();
+        assert_eq!(set.input_fields("p").unwrap(), ["directives.user"]);
+        let engine = set.engine.as_mut().unwrap();
+        let references: Vec<(Value, Decision)> = probe_inputs(None)
+            .into_iter()
+            .map(|input| (input.clone(), interpret_on(engine, "p", input).unwrap()))
+            .collect();
+        assert!(references[1].1.denial().is_some());
+        let found = ["directives.user".to_string()];
+        assert!(decides_alike_on_built_input(
+            engine,
+            "p",
+            Some(&found),
+            &references
+        ));
+        // Fields a scanner that misread a spelling would give: the user is not built, the
+        // decisions differ, and `compile` would build every field instead.
+        let missed = ["caller".to_string(), "directives.run_id".to_string()];
+        assert!(!decides_alike_on_built_input(
+            engine,
+            "p",
+            Some(&missed),
+            &references
+        ));
+        assert!(decides_alike_on_built_input(engine, "p", None, &references));
     }
 
     #[test]
