@@ -11,7 +11,7 @@ TARGET := wasm32-wasip1
 BINARYEN_VERSION := 132.0.0
 WASM_OPT := target/tools/binaryen-$(BINARYEN_VERSION)/node_modules/.bin/wasm-opt
 
-.PHONY: help run test unit policy-test integration soak bench bench-split bench-scaling profile lint fmt wasm bins venv wasm-target clean
+.PHONY: help run test unit policy-test integration soak bench bench-split bench-scaling bench-floor floor-filter profile lint fmt wasm bins venv wasm-target clean
 
 help:
 	@echo "make run    build Weir and start Envoy with it in front of the mock (or real) providers"
@@ -21,6 +21,7 @@ help:
 	@echo "make bench  plain Envoy vs Envoy + Weir, side by side (BENCH_SECONDS per run, default 5)"
 	@echo "make bench-split  the buffered path only, and where each proxy's CPU goes (Weir's Wasm, Envoy, kernel; needs perf)"
 	@echo "make bench-scaling  cost as keys, policy rules, body size and stream length grow; memory per worker"
+	@echo "make bench-floor  what any proxy-wasm filter of Weir's shape costs, beside plain Envoy and Weir"
 	@echo "make profile  the filter's hot functions: the module under wasmtime with a stub host, with perf"
 	@echo "make soak   mixed traffic for SOAK_SECONDS (240): no unexpected errors, flat memory, one record per request"
 
@@ -76,7 +77,7 @@ unit:
 policy-test: bins
 	target/debug/weir policy test -c envoy/weir.toml
 
-integration: wasm bins venv
+integration: wasm bins venv floor-filter
 	$(PY) -m pytest -q tests
 
 bench: wasm bins venv
@@ -90,6 +91,16 @@ bench-split: wasm bins venv
 bench-scaling: wasm bins venv
 	cargo build --profile bench-tools --bin weir-load --bin weir-mock
 	$(PY) tools/scaling.py
+
+# Filters of Weir's shape without its logic (tools/floor-filter), for `make bench-floor`.
+FLOOR_WASM := target/weir-floor.wasm
+floor-filter: wasm-target
+	CARGO_TARGET_DIR=target/floor cargo build --release --target $(TARGET) --manifest-path tools/floor-filter/Cargo.toml
+	cp target/floor/$(TARGET)/release/weir_floor_filter.wasm $(FLOOR_WASM)
+
+bench-floor: wasm bins venv floor-filter
+	cargo build --profile bench-tools --bin weir-load --bin weir-mock
+	$(PY) tools/floor.py
 
 # The module with its function names (the default build's settings, not stripped), run by
 # tools/profile (wasmtime; its first build takes a few minutes).
@@ -108,6 +119,8 @@ lint: wasm-target
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --target $(TARGET) --lib -- -D warnings
+	cargo fmt --check --manifest-path tools/floor-filter/Cargo.toml
+	CARGO_TARGET_DIR=target/floor cargo clippy --target $(TARGET) --manifest-path tools/floor-filter/Cargo.toml -- -D warnings
 
 fmt:
 	cargo fmt

@@ -44,3 +44,31 @@ def test_every_bench_scenario_runs_and_gets_the_answers_it_measures(built, tmp_p
     for scenario in SCENARIOS:
         assert f"| {scenario} | 1 |" in run.stdout
     assert results["wasm_bytes"] > 0 and results["weir_ready_s"] > 0
+
+
+def test_the_floor_bench_runs_each_filter_as_it_stands(built, tmp_path):
+    """`make bench-floor` in miniature: one short round. Each proxy is checked before it is
+    measured (the shape filters set Weir's answer headers, the others do not), and every
+    answer measured must be a 200: a floor filter that hung or broke requests would show a
+    cheap-looking floor."""
+    subprocess.run(["make", "--no-print-directory", "floor-filter"], cwd=ROOT, check=True, capture_output=True)
+    out = tmp_path / "floor.json"
+    env = dict(os.environ, BENCH_TOOLS_DIR=str(ROOT / "target/debug"))
+    run = subprocess.run([sys.executable, str(ROOT / "tools/floor.py"), "--rounds", "1", "--seconds", "0.4",
+                          "--warmup", "0.2", "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["unexpected"] == []
+    proxies = ["plain", "empty", "body", "shape", "shape-in-weir-config", "weir"]
+    assert [r["proxy"] for r in results["rows"]] == proxies
+    for proxy in proxies:
+        (sample,) = results["samples"][proxy]
+        for scenario in ("buffered", "streamed-paced"):
+            assert sample[scenario]["requests"] > 0, (proxy, scenario)
+            assert set(sample[scenario]["statuses"]) == {"200"}, (proxy, scenario, sample[scenario]["statuses"])
+        # The paced stream is passed on event by event by every filter, never held.
+        paced = sample["streamed-paced"]
+        assert paced["first_byte_p50_ms"] < paced["p50_ms"] / 2, (proxy, paced)
+    for proxy in proxies:
+        assert f"| {proxy} |" in run.stdout
