@@ -358,6 +358,8 @@ pub struct Gateway {
     /// Compiled once per VM; evaluation needs `&mut` (the engine keeps its input).
     pub policies: Option<std::cell::RefCell<crate::policy::PolicySet>>,
     pub limits: Option<crate::limits::LimitsConfig>,
+    /// Keys the canary pick (`routing::pick`); derived from the provider credentials.
+    pub canary_key: [u8; 32],
 }
 
 impl Gateway {
@@ -639,7 +641,27 @@ impl Config {
                 .collect(),
             policies: self.compile_policies()?.map(std::cell::RefCell::new),
             limits: self.limits.clone(),
+            canary_key: self.canary_key(),
         })
+    }
+
+    /// The key of the canary pick, from the providers' credentials, which clients never
+    /// see: a client cannot work out which request ids land on which side of a weighted
+    /// tier, so it cannot choose its side by choosing its `x-weir-request-id`. The same
+    /// providers and credentials give the same key in every VM and every Envoy of a fleet,
+    /// so a request id picks the same target everywhere (until a credential changes).
+    fn canary_key(&self) -> [u8; 32] {
+        let mut bytes = b"weir canary key v1".to_vec();
+        // Length-prefixed: no two configurations feed the hash the same bytes.
+        let mut field = |field: &[u8]| {
+            bytes.extend((field.len() as u64).to_le_bytes());
+            bytes.extend(field);
+        };
+        for (name, provider) in &self.providers {
+            field(name.as_bytes());
+            field(provider.credential.as_ref().map_or(&[], |c| c.0.as_bytes()));
+        }
+        crate::keys::sha256(&bytes)
     }
 
     /// The policies, ready to run (none configured: `None`): the bundled programs when

@@ -95,7 +95,12 @@ pub struct KeyIndex {
 }
 
 pub fn hash_secret(secret: &str) -> KeyHash {
-    Sha256::digest(secret.as_bytes()).into()
+    sha256(secret.as_bytes())
+}
+
+/// SHA-256 of `bytes` (one instance of the hasher for every use in the module).
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
 }
 
 pub fn hash_secret_hex(secret: &str) -> String {

@@ -48,23 +48,21 @@ pub fn failover_target(value: &str, attempt: usize) -> Option<(&str, usize)> {
     Some((tier, *order.get(at)?))
 }
 
-/// A stable 64-bit hash (FNV-1a) of the request id: the same request id always picks the
-/// same target, so retries and traces agree.
-pub fn stable_hash(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-/// Picks among `targets` by weight, stably for `request_id`.
-pub fn pick<'t>(targets: &[&'t Target], request_id: &str) -> Option<&'t Target> {
+/// Picks among `targets` by weight, stably for `request_id`: the same id always picks the
+/// same target (retries and traces agree), and which ids pick which target is keyed by
+/// `key` (`Gateway::canary_key`), so a client cannot choose its side of a canary.
+pub fn pick<'t>(targets: &[&'t Target], request_id: &str, key: &[u8; 32]) -> Option<&'t Target> {
+    let mut weighted = targets.iter().filter(|t| t.weight > 0);
+    let (Some(first), Some(_)) = (weighted.next(), weighted.next()) else {
+        // Nothing to choose between (no hash): the one weighted target, else the first.
+        return targets
+            .iter()
+            .find(|t| t.weight > 0)
+            .or(targets.first())
+            .copied();
+    };
     let total: u64 = targets.iter().map(|t| u64::from(t.weight)).sum();
-    if total == 0 {
-        return targets.first().copied();
-    }
-    // Mix the hash so ids that differ only at the end still spread evenly.
-    let h = stable_hash(request_id);
-    let mut point = (h ^ (h >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9) % total;
+    let mut point = canary_point(key, request_id) % total;
     for t in targets {
         let w = u64::from(t.weight);
         if point < w {
@@ -72,7 +70,21 @@ pub fn pick<'t>(targets: &[&'t Target], request_id: &str) -> Option<&'t Target> 
         }
         point -= w;
     }
-    targets.last().copied()
+    Some(first)
+}
+
+/// Where `request_id` falls: the first 8 bytes of SHA-256(key, request id). Without the
+/// key the value cannot be computed, so it cannot be aimed at.
+fn canary_point(key: &[u8; 32], request_id: &str) -> u64 {
+    let mut bytes = Vec::with_capacity(key.len() + request_id.len());
+    bytes.extend_from_slice(key);
+    bytes.extend_from_slice(request_id.as_bytes());
+    let digest = crate::keys::sha256(&bytes);
+    let mut point = [0u8; 8];
+    for (to, from) in point.iter_mut().zip(digest) {
+        *to = from;
+    }
+    u64::from_le_bytes(point)
 }
 
 /// Picks the target that serves `model` for a client speaking `api`:
@@ -126,7 +138,7 @@ pub fn route<'g>(
         same => (same, of_api(other_api)),
     };
     let only: Vec<&Target> = candidates.iter().map(|(_, t)| *t).collect();
-    if let Some(target) = pick(&only, request_id) {
+    if let Some(target) = pick(&only, request_id, &gateway.canary_key) {
         if let Some(provider) = gateway.providers.get(target.provider) {
             let first = only
                 .iter()
@@ -289,6 +301,72 @@ mod tests {
                 .target
                 .model;
             assert_eq!(a, b);
+        }
+    }
+
+    fn canary_with_credential(credential: &str) -> Gateway {
+        let json = format!(
+            r#"{{"providers": {{"oa": {{"api": "openai", "cluster": "c", "auth": "bearer",
+                                      "credential": "{credential}"}}}},
+                 "tiers": {{"canary": {{"targets": [
+                   {{"provider": "oa", "model": "stable", "weight": 1}},
+                   {{"provider": "oa", "model": "new", "weight": 1}}]}}}}}}"#
+        );
+        Config::from_json(json.as_bytes())
+            .unwrap()
+            .compile()
+            .unwrap()
+    }
+
+    fn sides(g: &Gateway, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                route(g, Api::Openai, "canary", &all(), &format!("id-{i}"))
+                    .unwrap()
+                    .target
+                    .model
+            })
+            .collect()
+    }
+
+    #[test]
+    fn canary_sides_are_keyed_by_the_provider_credentials() {
+        // The same configuration and credentials: the same side for every id (every VM and
+        // every Envoy of a fleet agree).
+        let a = sides(&canary_with_credential("sk-one"), 400);
+        assert_eq!(a, sides(&canary_with_credential("sk-one"), 400));
+        // Another credential: ids land elsewhere (about half of them on a 50/50 split), so
+        // without the credential no one can tell which ids pick which side.
+        let b = sides(&canary_with_credential("sk-two"), 400);
+        let moved = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+        assert!((120..280).contains(&moved), "{moved}");
+        for side in [&a, &b] {
+            let new = side.iter().filter(|m| *m == "new").count();
+            assert!((150..250).contains(&new), "{new}");
+        }
+        assert_ne!(
+            canary_with_credential("sk-one").canary_key,
+            canary_with_credential("sk-two").canary_key
+        );
+    }
+
+    #[test]
+    fn a_single_weighted_target_is_picked_without_a_hash() {
+        let g = gateway();
+        let target = |model: &str, weight: u32| Target {
+            provider: 0,
+            model: model.into(),
+            cluster: "c".into(),
+            weight,
+        };
+        let (zero, one, other) = (target("zero", 0), target("one", 1), target("other", 3));
+        // Whatever the key: nothing is chosen by the id when only one target has weight.
+        for key in [[0u8; 32], [7u8; 32], g.canary_key] {
+            assert_eq!(pick(&[&zero, &one], "r", &key).unwrap().model, "one");
+            assert_eq!(pick(&[&zero], "r", &key).unwrap().model, "zero");
+            assert!(pick(&[], "r", &key).is_none());
+            let chosen = pick(&[&one, &other], "r", &key).unwrap().model.clone();
+            assert_eq!(pick(&[&one, &other], "r", &key).unwrap().model, chosen);
         }
     }
 
