@@ -70,6 +70,15 @@ struct Floor {
 
 impl Context for Floor {}
 
+/// Reads a body buffer into the VM and writes it back, as Weir does when it rewrites one.
+fn rewrite(buffer: BufferType, size: usize) {
+    let body = hostcalls::get_buffer(buffer, 0, size)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let _ = hostcalls::set_buffer(buffer, 0, size, &body);
+}
+
 /// Weir's answer headers: request id, run id, tier, model.
 const ANSWER_HEADERS: [(&str, &str); 4] = [
     ("x-weir-request-id", "5b0c1d9e-0000-4000-8000-000000000000"),
@@ -97,11 +106,7 @@ impl HttpContext for Floor {
         if !end_of_stream {
             return Action::Pause;
         }
-        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        let _ = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body_size, &body);
+        rewrite(BufferType::HttpRequestBody, body_size);
         // Weir's route picks the cluster by this header; plain routes ignore it.
         let _ = hostcalls::set_map_value(
             MapType::HttpRequestHeaders,
@@ -137,11 +142,7 @@ impl HttpContext for Floor {
         if !self.streaming && !end_of_stream {
             return Action::Pause;
         }
-        let body = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &body);
+        rewrite(BufferType::HttpResponseBody, body_size);
         Action::Continue
     }
 
