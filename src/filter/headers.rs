@@ -73,6 +73,20 @@ impl HeaderSnapshot {
         })
     }
 
+    /// The names that start with `prefix` (ASCII, any case), in Envoy's order; the names
+    /// are compared as bytes first, so the others cost no UTF-8 check.
+    pub fn names_with_prefix(&self, prefix: &str) -> Vec<String> {
+        self.entries
+            .iter()
+            .map(|(n, _)| self.slice(n))
+            .filter(|name| {
+                name.get(..prefix.len())
+                    .is_some_and(|p| p.eq_ignore_ascii_case(prefix.as_bytes()))
+            })
+            .filter_map(|name| std::str::from_utf8(name).ok().map(str::to_string))
+            .collect()
+    }
+
     /// Drops every value of `name` from the snapshot (not from the host's map).
     fn forget(&mut self, name: &str) {
         let bytes = &self.bytes;

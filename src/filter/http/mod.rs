@@ -493,17 +493,7 @@ impl WeirHttp {
                 .map_err(|s| self.internal("removing a directive header", s))?;
         }
         // `x-envoy-*` headers steer Envoy itself (timeouts, retries): never from a client.
-        let envoy_headers: Vec<String> = self
-            .headers
-            .pairs()
-            .filter(|(name, _)| {
-                name.as_bytes()
-                    .get(..8)
-                    .is_some_and(|p| p.eq_ignore_ascii_case(b"x-envoy-"))
-            })
-            .map(|(name, _)| name.to_string())
-            .collect();
-        for name in envoy_headers {
+        for name in self.headers.names_with_prefix("x-envoy-") {
             self.headers
                 .remove(&name)
                 .map_err(|s| self.internal("removing an x-envoy header", s))?;
