@@ -8,7 +8,10 @@
 //!   four, reads a JSON answer whole (a stream's events one by one, never held) and writes it
 //!   back, and leaves a record of Weir's size in filter state at the end.
 //!
-//! Never panics: a measuring tool must not measure a dead VM.
+//! Host call results are ignored: it measures, it does not decide. (The SDK's hostcalls
+//! return errors for the statuses they expect and panic on others; floor.py checks every
+//! proxy on an answer before measuring it and flags any measured answer that is not a 200,
+//! so a dead VM would not pass for a cheap one.)
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -34,7 +37,10 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let config = self.get_plugin_configuration().unwrap_or_default();
+        let config = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         self.mode = match config.as_slice() {
             b"empty" => Mode::Empty,
             b"body" => Mode::Body,
