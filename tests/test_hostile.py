@@ -19,8 +19,8 @@ JSON = {"content-type": "application/json"}
 
 @pytest.fixture(scope="module")
 def hostile(built, tmp_path_factory) -> Running:
-    # A short route timeout, so a slow provider is a quick test.
-    stack = devstack.Stack(tmp_path_factory.mktemp("hostile"), route_timeout="2s")
+    # Short route and header timeouts, so a slow provider or client is a quick test.
+    stack = devstack.Stack(tmp_path_factory.mktemp("hostile"), route_timeout="2s", request_headers_timeout="1s")
     with serving(stack) as running:
         yield running
 
@@ -373,3 +373,24 @@ def test_a_clients_own_x_request_id_is_bounded_in_records_and_headers(hostile):
     assert r.headers["x-weir-run-id"] == expected
     record = hostile.audit(expected)
     assert record["request_id"] == record["run_id"] == expected
+
+
+def test_a_client_that_trickles_its_headers_is_cut_off(hostile):
+    """Envoy's request_headers_timeout (10 s in envoy.yaml; 1 s here): a client that never
+    finishes its headers (slowloris) loses the connection instead of holding it."""
+    with socket.create_connection(("127.0.0.1", hostile.stack.port), timeout=10) as s:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: weir\r\n")
+        started = time.monotonic()
+        received = b""
+        while chunk := s.recv(4096):  # until Envoy closes the connection
+            received += chunk
+        waited = time.monotonic() - started
+    assert 0.8 <= waited < 5, waited
+    assert received.startswith(b"HTTP/1.1 408"), received[:200]
+    # Still recorded: Envoy refused it, before any header reached Weir.
+    deadline = time.monotonic() + 10
+    while not (found := [r for r in hostile.audit_records() if r["detail"] == "request_header_timeout"]):
+        assert time.monotonic() < deadline, "no audit record for the timed-out request"
+        time.sleep(0.1)
+    [record] = found
+    assert (record["status"], record["outcome"], record["error"]) == (408, "denied", "rejected_by_envoy")

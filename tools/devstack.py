@@ -219,6 +219,7 @@ class Stack:
         jwks: Path | None = None,
         concurrency: int = 1,
         route_timeout: str = "300s",
+        request_headers_timeout: str = "10s",
         extra_clusters: dict[str, int] | None = None,
         front_filters: str = "",
     ):
@@ -236,6 +237,7 @@ class Stack:
         self.jwks = jwks
         self.concurrency = concurrency
         self.route_timeout = route_timeout
+        self.request_headers_timeout = request_headers_timeout
         # More plain-HTTP clusters on loopback ports (e.g. a provider that is down).
         self.extra_clusters = extra_clusters or {}
         # HTTP filters (YAML list items) placed before Weir, after the JWT ones.
@@ -292,6 +294,7 @@ class Stack:
             CLUSTERS=self.clusters_yaml(),
             AUTH_FILTERS=(jwt_filters(self.jwks) if self.jwks else "") + self.front_filters,
             ROUTE_TIMEOUT=self.route_timeout,
+            REQUEST_HEADERS_TIMEOUT=self.request_headers_timeout,
         )
         self.envoy_yaml.write_text(text)
         return self.envoy_yaml
