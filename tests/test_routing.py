@@ -173,3 +173,27 @@ def test_other_v1_paths_are_refused_by_default(weir, rid):
     response = httpx.get(weir.url + "/v1/files", headers={"authorization": f"Bearer {DEMO_KEY}", "x-weir-request-id": rid})
     assert response.status_code == 404
     assert weir.received(rid) == []
+
+
+def test_the_provider_gets_the_rewritten_body_with_its_length(routing, rid):
+    """The tier's model and the usage option change the body's length: the provider gets
+    the new `content-length` (not a chunked body, which some servers handle worse), for
+    the client's API and translated to the other one."""
+    key = routing.keys["all"]
+    response = chat(routing, key, "balanced", rid)
+    assert response.status_code == 200, response.text
+    # An Anthropic client: `balanced` has an Anthropic target; `local` only an OpenAI-style
+    # one, so that request is translated.
+    for model, suffix in (("balanced", "-a"), ("local", "-t")):
+        anthropic = HTTP.post(routing.url + "/v1/messages", json={"model": model, "max_tokens": 20,
+                                                                  "messages": MESSAGES},
+                              headers={"x-api-key": key, "anthropic-version": "2023-06-01",
+                                       "x-weir-request-id": rid + suffix})
+        assert anthropic.status_code == 200, anthropic.text
+    assert routing.received(rid + "-t")[0]["path"] == "/v1/chat/completions"
+    for request_id in (rid, rid + "-a", rid + "-t"):
+        [received] = routing.received(request_id)
+        body = received["body"].encode()
+        assert received["headers"].get("content-length") == str(len(body)), received["headers"]
+        assert "transfer-encoding" not in received["headers"]
+    assert json.loads(routing.received(rid)[0]["body"])["model"] == "gpt-4.1-mini"

@@ -123,13 +123,34 @@ impl WeirHttp {
             edits.extend(request.cap_max_tokens(cap, self.api == Api::Openai));
         }
         let new_body = splice(&body, &mut edits);
-        host::set_buffer(REQUEST_BODY, 0, body_size, &new_body)
-            .map_err(|s| self.internal("replacing the request body", s))?;
+        self.replace_body(body_size, &new_body, &plan)?;
 
         self.set_route_headers(gateway.as_ref(), &plan)?;
         self.send_to_target(provider, &plan)?;
         self.record.usage_requested_by_weir = usage_added;
         Ok(Action::Continue)
+    }
+    /// Replaces the request body (its length was removed in the headers phase). Unless the
+    /// tier fails over (its per-attempt filter may give a later attempt a body of another
+    /// length, after that attempt's headers have gone), the provider gets the new length
+    /// rather than a chunked body: a fixed length is what every server handles best (the
+    /// mock provider answers a chunked request ~70 µs later).
+    fn replace_body(
+        &mut self,
+        body_size: usize,
+        new_body: &[u8],
+        plan: &Plan,
+    ) -> Result<(), Action> {
+        host::set_buffer(REQUEST_BODY, 0, body_size, new_body)
+            .map_err(|s| self.internal("replacing the request body", s))?;
+        if plan.failover.is_none() {
+            let mut digits = itoa::Buffer::new();
+            let length = digits.format(new_body.len());
+            self.headers
+                .set("content-length", length)
+                .map_err(|s| self.internal("setting the body's length", s))?;
+        }
+        Ok(())
     }
     /// The last steps of sending a request in the provider's own API to `plan`'s target,
     /// once the body and the route are set: an unencoded answer asked for, the provider's
@@ -220,8 +241,7 @@ impl WeirHttp {
             with: json_string(&plan.target.model),
         }];
         edits.extend(weir_edit);
-        host::set_buffer(REQUEST_BODY, 0, body_size, &splice(body, &mut edits))
-            .map_err(|s| self.internal("replacing the request body", s))?;
+        self.replace_body(body_size, &splice(body, &mut edits), plan)?;
         host::set_header(
             REQUEST_HEADERS,
             &gateway.settings.cluster_header,
@@ -280,8 +300,7 @@ impl WeirHttp {
             },
             None => translated,
         };
-        host::set_buffer(REQUEST_BODY, 0, body_size, &translated)
-            .map_err(|s| self.internal("replacing the request body", s))?;
+        self.replace_body(body_size, &translated, plan)?;
         let Some(provider) = gateway.providers.get(plan.target.provider) else {
             return Err(self.internal("finding the provider", 0));
         };
