@@ -3,7 +3,8 @@
 //! The plugin configuration names what the filter does:
 //! - `empty`: every callback continues at once (the cost of any proxy-wasm filter);
 //! - `body`: holds the request headers until the body has arrived, reads the body and writes
-//!   it back, sets the routing header (what any filter that routes on the body must do);
+//!   it back with its length, sets the routing header (what any filter that routes on the
+//!   body must do);
 //! - `shape`: `body`, plus Weir's moves on the answer: reads the response headers and sets
 //!   four, reads a JSON answer whole (a stream's events one by one, never held) and writes it
 //!   back, and leaves a record of Weir's size in filter state at the end.
@@ -76,13 +77,15 @@ struct Floor {
 
 impl Context for Floor {}
 
-/// Reads a body buffer into the VM and writes it back, as Weir does when it rewrites one.
-fn rewrite(buffer: BufferType, size: usize) {
+/// Reads a body buffer into the VM and writes it back, as Weir does when it rewrites one;
+/// the length written.
+fn rewrite(buffer: BufferType, size: usize) -> usize {
     let body = hostcalls::get_buffer(buffer, 0, size)
         .ok()
         .flatten()
         .unwrap_or_default();
     let _ = hostcalls::set_buffer(buffer, 0, size, &body);
+    body.len()
 }
 
 /// Weir's answer headers: request id, run id, tier, model.
@@ -98,8 +101,8 @@ impl HttpContext for Floor {
         if self.mode == Mode::Empty || end_of_stream {
             return Action::Continue;
         }
-        // Read the headers once (Weir reads them as one map), and forward the rewritten body
-        // without a stale length, as Weir does.
+        // Read the headers once (Weir reads them as one map); the length goes until the
+        // body is rewritten, as with Weir.
         let _ = hostcalls::get_map_bytes(MapType::HttpRequestHeaders);
         let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, "content-length");
         Action::Pause
@@ -112,7 +115,12 @@ impl HttpContext for Floor {
         if !end_of_stream {
             return Action::Pause;
         }
-        rewrite(BufferType::HttpRequestBody, body_size);
+        let length = rewrite(BufferType::HttpRequestBody, body_size);
+        let _ = hostcalls::set_map_value(
+            MapType::HttpRequestHeaders,
+            "content-length",
+            Some(&length.to_string()),
+        );
         // Weir's route picks the cluster by this header; plain routes ignore it.
         let _ = hostcalls::set_map_value(
             MapType::HttpRequestHeaders,
