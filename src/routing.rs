@@ -80,11 +80,9 @@ fn canary_point(key: &[u8; 32], request_id: &str) -> u64 {
     bytes.extend_from_slice(key);
     bytes.extend_from_slice(request_id.as_bytes());
     let digest = crate::keys::sha256(&bytes);
-    let mut point = [0u8; 8];
-    for (to, from) in point.iter_mut().zip(digest) {
-        *to = from;
-    }
-    u64::from_le_bytes(point)
+    digest
+        .first_chunk::<8>()
+        .map_or(0, |first| u64::from_le_bytes(*first))
 }
 
 /// Picks the target that serves `model` for a client speaking `api`:

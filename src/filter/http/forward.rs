@@ -133,8 +133,8 @@ impl WeirHttp {
     /// Replaces the request body (its length was removed in the headers phase). Unless the
     /// tier fails over (its per-attempt filter may give a later attempt a body of another
     /// length, after that attempt's headers have gone), the provider gets the new length
-    /// rather than a chunked body: a fixed length is what every server handles best (the
-    /// mock provider answers a chunked request ~70 µs later).
+    /// rather than a chunked body, which some servers handle worse (the mock provider
+    /// answers one ~70 µs later).
     fn replace_body(
         &mut self,
         body_size: usize,
