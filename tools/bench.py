@@ -165,6 +165,34 @@ class Envoy:
         self.proc.wait(timeout=10)
 
 
+def weir_stack(directory: Path, config: Path, upstream_port: int, concurrency: int = 1,
+               edit_filter=None) -> tuple[devstack.Stack, dict]:
+    """Envoy + Weir with `config`, every provider cluster pointed at the bench's upstream, as
+    `make bench` runs it. `edit_filter(stack)` may change the bundled filter configuration
+    before Envoy starts (floor.py puts its filter in Weir's place). Returns the stack, whose
+    `proc` is Envoy (the interface `measure` uses), and its timings. An Envoy that fails to
+    become ready is stopped before the error goes on; the caller stops a started one."""
+    stack = devstack.Stack(directory, config=config, flush_ms=1000, concurrency=concurrency)
+    stack.mock_addrs = {name: f"127.0.0.1:{upstream_port}" for name in devstack.CLUSTERS}
+    started = time.monotonic()
+    built = stack.bundle()
+    if built.returncode != 0:
+        raise RuntimeError(f"weir bundle failed: {built.stderr}")
+    bundle_s = time.monotonic() - started
+    if edit_filter:
+        edit_filter(stack)
+    stack.render()
+    started = time.monotonic()
+    try:
+        stack.start_envoy()
+    except BaseException:
+        stack.stop()
+        raise
+    stack.proc = stack.envoy
+    return stack, {"bundle_s": round(bundle_s, 2), "ready_s": round(time.monotonic() - started, 2),
+                   "bundle_bytes": stack.filter_config.stat().st_size}
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
@@ -359,15 +387,9 @@ def main() -> int:
         config.write_text(devstack.sample_config_text().replace('default = "standard"\n', ""))
 
         def start_weir(name: str, config: Path) -> tuple[devstack.Stack, float]:
-            stack = devstack.Stack(workdir / name, config=config, flush_ms=1000)
-            stack.mock_addrs = {n: f"127.0.0.1:{upstream.port}" for n in devstack.CLUSTERS}
-            assert stack.bundle().returncode == 0
-            stack.render()
-            started = time.monotonic()
+            stack, timings = weir_stack(workdir / name, config, upstream.port)
             stoppers.append(stack.stop)
-            stack.start_envoy()
-            stack.proc = stack.envoy  # same interface as Envoy for run_load
-            return stack, time.monotonic() - started
+            return stack, timings["ready_s"]
 
         weir, ready_s = start_weir("weir", config)
         weirs = {"": weir}

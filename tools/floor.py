@@ -66,29 +66,22 @@ def with_filter(yaml: str, mode: str) -> str:
     return yaml.replace(marker, marker + wasm, 1)
 
 
-def weir_stack(workdir: Path, name: str, upstream_port: int, stoppers: list,
-               floor_mode: str | None = None) -> devstack.Stack:
+def weir_stack(workdir: Path, name: str, upstream_port: int, floor_mode: str | None = None) -> devstack.Stack:
     """Envoy with Weir's configuration (as `make bench` runs it); with `floor_mode`, the
-    floor filter takes Weir's module's place in it. Its stop joins `stoppers` before it
-    starts, so an Envoy that fails to become ready is stopped too."""
+    floor filter takes Weir's module's place in it."""
     config = workdir / "weir.toml"
     config.write_text(devstack.sample_config_text().replace('default = "standard"\n', ""))
-    stack = devstack.Stack(workdir / name, config=config, flush_ms=1000)
-    stack.mock_addrs = {n: f"127.0.0.1:{upstream_port}" for n in devstack.CLUSTERS}
-    built = stack.bundle()
-    if built.returncode != 0:
-        raise RuntimeError(f"weir bundle failed: {built.stderr}")
-    if floor_mode:
+
+    def floor_in_weirs_place(stack: devstack.Stack) -> None:
         ecds = json.loads(stack.filter_config.read_text())
         wasm = ecds["resources"][0]["typed_config"]["config"]
         wasm["vm_config"]["code"]["local"]["filename"] = str(FLOOR_WASM)
         wasm["vm_config"]["vm_id"] = "floor"
         wasm["configuration"]["value"] = floor_mode
         stack.filter_config.write_text(json.dumps(ecds))
-    stack.render()
-    stoppers.append(stack.stop)
-    stack.start_envoy()
-    stack.proc = stack.envoy  # the interface bench.measure uses
+
+    stack, _ = bench.weir_stack(workdir / name, config, upstream_port,
+                                edit_filter=floor_in_weirs_place if floor_mode else None)
     return stack
 
 
@@ -137,9 +130,8 @@ def main() -> int:
                 proxies[name] = bench.Envoy(workdir, name, with_filter(bench.plain_yaml(upstream.port), name))
             else:
                 floor_mode = "shape" if name == "shape-in-weir-config" else None
-                proxies[name] = weir_stack(workdir, name, upstream.port, stoppers, floor_mode)
-            if name in ("plain",) + MODES:
-                stoppers.append(proxies[name].stop)
+                proxies[name] = weir_stack(workdir, name, upstream.port, floor_mode)
+            stoppers.append(proxies[name].stop)
             check(name, proxies[name])
         for round_ in range(args.rounds):
             for name, proxy in proxies.items():

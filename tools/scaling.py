@@ -24,7 +24,6 @@ import json
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -46,20 +45,8 @@ def weir_stack(workdir: Path, config_text: str, upstream_port: int, concurrency:
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "weir.toml"
     config.write_text(config_text)
-    stack = devstack.Stack(workdir / "weir", config=config, flush_ms=1000, concurrency=concurrency)
-    stack.mock_addrs = {name: f"127.0.0.1:{upstream_port}" for name in devstack.CLUSTERS}
-    started = time.monotonic()
-    built = stack.bundle()
-    if built.returncode != 0:
-        raise RuntimeError(f"weir bundle failed: {built.stderr}")
-    bundle_s = time.monotonic() - started
-    stack.render()
-    started = time.monotonic()
-    stack.start_envoy()
-    ready_s = time.monotonic() - started
-    stack.proc = stack.envoy  # the interface bench.measure uses
-    return {"stack": stack, "bundle_s": round(bundle_s, 2), "ready_s": round(ready_s, 2),
-            "bundle_bytes": stack.filter_config.stat().st_size}
+    stack, timings = bench.weir_stack(workdir / "weir", config, upstream_port, concurrency)
+    return {"stack": stack, **timings}
 
 
 def run(proxy, workdir: Path, label: str, body, headers: list[str], a: Args, connections: int | None = None) -> dict:
