@@ -6,7 +6,9 @@ ones; PROFILE_BODY_BYTES: a user message of that many bytes) with the demo key a
 `standard` policy (PROFILE_POLICY; empty for none), and prints the time per request, the
 host calls per request and, when `perf` is installed, the functions that take the time
 (inclusive share of the filter's samples). The stub host is not Envoy: compare builds of
-the module with it, measure Weir's cost with `make bench`. PROFILE_FUEL=1 also prints the
+the module with it, measure Weir's cost with `make bench`. PROFILE_UNCACHED=1 turns the
+policy decision cache off (`make bench`'s `buffered-uncached`: the policy runs for every
+request). PROFILE_FUEL=1 also prints the
 wasm instructions per request (wasmtime's fuel): exact and independent of the machine's
 load, the way to compare two builds' own code (time in the profile is noisy to ±1 µs).
 """
@@ -29,7 +31,10 @@ MODULE = OUT / "weir-named.wasm"
 def bundle(work: Path) -> Path:
     """The sample configuration bundled for the named module (no global default policy)."""
     config = work / "weir.toml"
-    config.write_text(devstack.sample_config_text().replace('default = "standard"\n', ""))
+    text = devstack.sample_config_text().replace('default = "standard"\n', "")
+    if os.environ.get("PROFILE_UNCACHED"):
+        text = text.replace("[policy]\n", "[policy]\ndecision_cache = false\n")
+    config.write_text(text)
     devstack.WASM = MODULE
     stack = devstack.Stack(work, config=config)
     done = stack.bundle()
