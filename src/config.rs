@@ -126,6 +126,15 @@ pub struct GatewaySettings {
     /// auth (scope `passthrough`) and audit; unset: refused with 404.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passthrough_provider: Option<String>,
+    /// An environment variable whose value also keys the canary pick. The pick is keyed by
+    /// the providers' credentials; with none (only `auth = "none"` providers) its key is as
+    /// public as this file, and a client who knows the file could choose its side of a
+    /// canary by its request id. `weir bundle` reads the variable; only the bundle carries
+    /// the value (`canary_seed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_seed_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_seed: Option<Secret>,
 }
 
 impl Default for GatewaySettings {
@@ -138,6 +147,8 @@ impl Default for GatewaySettings {
             currency: default_currency(),
             response_metadata: false,
             passthrough_provider: None,
+            canary_seed_env: None,
+            canary_seed: None,
         }
     }
 }
@@ -661,6 +672,8 @@ impl Config {
             field(name.as_bytes());
             field(provider.credential.as_ref().map_or(&[], |c| c.0.as_bytes()));
         }
+        let seed = self.gateway.canary_seed.as_ref();
+        field(seed.map_or(&[], |s| s.0.as_bytes()));
         crate::keys::sha256(&bytes)
     }
 
@@ -717,6 +730,22 @@ impl Config {
     }
 
     /// Tier targets whose model has no price: their requests are flagged `unpriced`.
+    /// Tiers split by weight whose canary key comes from this file alone: no provider has a
+    /// credential and no `canary_seed_env` is set (see `canary_key`).
+    pub fn public_canary_tiers(&self) -> Vec<String> {
+        let secret = self.gateway.canary_seed_env.is_some()
+            || self.gateway.canary_seed.is_some()
+            || self.providers.values().any(|p| p.auth != AuthStyle::None);
+        if secret {
+            return Vec::new();
+        }
+        self.tiers
+            .iter()
+            .filter(|(_, tier)| tier.targets.iter().filter(|t| t.weight > 0).count() > 1)
+            .map(|(name, _)| format!("tiers.{name}"))
+            .collect()
+    }
+
     pub fn unpriced_targets(&self) -> Vec<String> {
         let mut out = Vec::new();
         for (name, tier) in &self.tiers {

@@ -348,6 +348,40 @@ mod tests {
         );
     }
 
+    /// Self-hosted providers only (`auth = "none"`), with or without a canary seed.
+    fn canary_without_credentials(seed: Option<&str>) -> Gateway {
+        let seed = seed.map_or(String::new(), |s| format!(r#", "canary_seed": "{s}""#));
+        let json = format!(
+            r#"{{"gateway": {{"cluster_header": "x-weir-cluster"{seed}}},
+                 "providers": {{"vllm": {{"api": "openai", "cluster": "c", "auth": "none"}}}},
+                 "tiers": {{"canary": {{"targets": [
+                   {{"provider": "vllm", "model": "stable", "weight": 1}},
+                   {{"provider": "vllm", "model": "new", "weight": 1}}]}}}}}}"#
+        );
+        Config::from_json(json.as_bytes())
+            .unwrap()
+            .compile()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_canary_seed_keys_the_pick_when_no_provider_has_a_credential() {
+        // Without credentials or a seed the key comes from the configuration alone.
+        let public = sides(&canary_without_credentials(None), 400);
+        let seeded = sides(&canary_without_credentials(Some("seed-one")), 400);
+        assert_eq!(
+            seeded,
+            sides(&canary_without_credentials(Some("seed-one")), 400)
+        );
+        for other in [
+            &public,
+            &sides(&canary_without_credentials(Some("seed-two")), 400),
+        ] {
+            let moved = seeded.iter().zip(other).filter(|(x, y)| x != y).count();
+            assert!((120..280).contains(&moved), "{moved}");
+        }
+    }
+
     #[test]
     fn a_single_weighted_target_is_picked_without_a_hash() {
         let g = gateway();

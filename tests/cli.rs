@@ -339,6 +339,76 @@ targets = [{{ provider = "azure", model = "gpt-4o" }}, {{ provider = "anthropic"
     );
 }
 
+/// With only self-hosted providers (no credentials), a canary's key comes from the file:
+/// `weir bundle` warns, and `gateway.canary_seed_env` puts a secret seed in the bundle only.
+#[test]
+fn bundle_takes_the_canary_seed_from_env_and_warns_without_one() {
+    let dir = TestDir::new("canary-seed");
+    let config = dir.join("weir.toml");
+    let tiers = r#"
+[providers.vllm]
+api = "openai"
+cluster = "vllm"
+auth = "none"
+
+[tiers.canary]
+targets = [{ provider = "vllm", model = "stable", weight = 9 }, { provider = "vllm", model = "new", weight = 1 }]
+"#;
+    let wasm = dir.join("weir.wasm");
+    std::fs::write(&wasm, b"\0asm").unwrap();
+    let out = dir.join("bundle.json");
+
+    std::fs::write(&config, tiers).unwrap();
+    let run = bundle_command(&config, &wasm, &out).output().unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(
+        stderr(&run).contains("tiers.canary splits by weight and no provider has a credential"),
+        "{}",
+        stderr(&run)
+    );
+
+    let seeded = format!("[gateway]\ncanary_seed_env = \"WEIR_TEST_CANARY_SEED\"\n{tiers}");
+    std::fs::write(&config, &seeded).unwrap();
+    let run = bundle_command(&config, &wasm, &out)
+        .env("WEIR_TEST_CANARY_SEED", "seed-from-env")
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(
+        !stderr(&run).contains("splits by weight"),
+        "{}",
+        stderr(&run)
+    );
+    let plugin: serde_json::Value = serde_json::from_str(&plugin_of(&out)).unwrap();
+    assert_eq!(plugin["gateway"]["canary_seed"], "seed-from-env");
+    assert!(plugin["gateway"].get("canary_seed_env").is_none());
+
+    // Named but not set: a clear error, no bundle.
+    let run = bundle_command(&config, &wasm, &dir.join("none.json"))
+        .env_remove("WEIR_TEST_CANARY_SEED")
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    assert!(
+        stderr(&run).contains(
+            "gateway.canary_seed_env: environment variable WEIR_TEST_CANARY_SEED is not set"
+        ),
+        "{}",
+        stderr(&run)
+    );
+    // The value itself in the file is refused, as credentials are.
+    std::fs::write(&config, format!("[gateway]\ncanary_seed = \"s\"\n{tiers}")).unwrap();
+    let run = bundle_command(&config, &wasm, &dir.join("none.json"))
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    assert!(
+        stderr(&run).contains("use canary_seed_env"),
+        "{}",
+        stderr(&run)
+    );
+}
+
 /// `weir bundle` ships each policy compiled for regorus's VM, not its Rego text; a policy
 /// the VM cannot compile is refused with its name and the reason.
 #[test]

@@ -197,3 +197,37 @@ def test_the_provider_gets_the_rewritten_body_with_its_length(routing, rid):
         assert received["headers"].get("content-length") == str(len(body)), received["headers"]
         assert "transfer-encoding" not in received["headers"]
     assert json.loads(routing.received(rid)[0]["body"])["model"] == "gpt-4.1-mini"
+
+
+def test_a_canary_seed_keys_the_split_of_self_hosted_tiers(built, tmp_path, monkeypatch):
+    """With only `auth = "none"` providers no credential keys the canary pick, so its key
+    would come from the configuration alone; `[gateway] canary_seed_env` keys it with a
+    secret. Under another seed the same request ids land elsewhere (about half of them on a
+    50/50 split), and each split still follows the weights."""
+    sample = devstack.sample_config_text()
+    demo_key = sample[sample.index("[[keys]]"):]
+    sides = {}
+    for seed in ("seed-one", "seed-two"):
+        monkeypatch.setenv("WEIR_TEST_CANARY_SEED", seed)
+        config = tmp_path / f"{seed}.toml"
+        config.write_text(f'''
+[gateway]
+cluster_header = "x-weir-cluster"
+canary_seed_env = "WEIR_TEST_CANARY_SEED"
+
+[providers.local]
+api = "openai"
+cluster = "local"
+auth = "none"
+
+[tiers.canary]
+targets = [{{ provider = "local", model = "llama-a" }}, {{ provider = "local", model = "llama-b" }}]
+
+{demo_key}''')
+        with serving(devstack.Stack(tmp_path / seed, config=config)) as running:
+            responses = [chat(running, DEMO_KEY, "canary", f"seeded-{i}") for i in range(200)]
+        assert all(r.status_code == 200 for r in responses), responses[0].text
+        sides[seed] = [r.headers["x-weir-model"] for r in responses]
+        assert 60 <= sides[seed].count("llama-b") <= 140, collections.Counter(sides[seed])
+    moved = sum(a != b for a, b in zip(sides["seed-one"], sides["seed-two"]))
+    assert 60 <= moved <= 140, moved

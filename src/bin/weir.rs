@@ -171,12 +171,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Check { config } => {
-            for warning in resolve(&config)?.unpriced_targets() {
-                eprintln!(
-                    "warning: {}: {warning}; its cost will be flagged unpriced",
-                    config.display()
-                );
-            }
+            print_warnings(&config, &resolve(&config)?);
             let (config, gateway) = load(&config)?;
             println!(
                 "{}: ok ({} providers, {} tiers, {} keys)",
@@ -236,6 +231,7 @@ fn run(cli: Cli) -> Result<(), String> {
             upstream_out,
         } => {
             let mut resolved = resolve(&config)?;
+            print_warnings(&config, &resolved);
             let gateway = resolved
                 .compile()
                 .map_err(|e| format!("{}: {e}", config.display()))?;
@@ -687,6 +683,24 @@ fn read_policy_dir(
     Ok((modules, serde_json::Value::Object(data)))
 }
 
+/// What a configuration allows but an operator most likely did not mean (on stderr).
+fn print_warnings(path: &Path, config: &Config) {
+    for warning in config.unpriced_targets() {
+        eprintln!(
+            "warning: {}: {warning}; its cost will be flagged unpriced",
+            path.display()
+        );
+    }
+    for tier in config.public_canary_tiers() {
+        eprintln!(
+            "warning: {}: {tier} splits by weight and no provider has a credential: a client \
+             who knows this file can choose its side by its request id; set \
+             gateway.canary_seed_env",
+            path.display()
+        );
+    }
+}
+
 /// Reads, resolves and compiles a configuration file.
 fn load(path: &Path) -> Result<(PathBuf, weir::config::Gateway), String> {
     let config = resolve(path)?;
@@ -702,6 +716,26 @@ fn resolve(path: &Path) -> Result<Config, String> {
     let mut config: Config =
         toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     fill_policies(&mut config, path)?;
+    let gateway = &mut config.gateway;
+    if gateway.canary_seed.is_some() {
+        return Err(format!(
+            "{}: gateway.canary_seed: a secret does not belong in the configuration file; \
+             use canary_seed_env",
+            path.display()
+        ));
+    }
+    if let Some(var) = gateway.canary_seed_env.take() {
+        let seed = std::env::var(&var)
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| {
+                format!(
+                    "{}: gateway.canary_seed_env: environment variable {var} is not set",
+                    path.display()
+                )
+            })?;
+        gateway.canary_seed = Some(Secret(seed.trim().to_string()));
+    }
     for (name, provider) in config.providers.iter_mut() {
         if provider.auth == AuthStyle::None {
             continue;
