@@ -302,18 +302,29 @@ mod tests {
         }
     }
 
-    fn canary_with_credential(credential: &str) -> Gateway {
+    /// A 50/50 canary tier on one provider: with `credential` a keyed provider, without
+    /// it a self-hosted one (`auth = "none"`); `seed` the gateway's canary seed.
+    fn canary(credential: Option<&str>, seed: Option<&str>) -> Gateway {
+        let provider = match credential {
+            Some(c) => format!(r#""auth": "bearer", "credential": "{c}""#),
+            None => r#""auth": "none""#.to_string(),
+        };
+        let seed = seed.map_or(String::new(), |s| format!(r#", "canary_seed": "{s}""#));
         let json = format!(
-            r#"{{"providers": {{"oa": {{"api": "openai", "cluster": "c", "auth": "bearer",
-                                      "credential": "{credential}"}}}},
+            r#"{{"gateway": {{"cluster_header": "x-weir-cluster"{seed}}},
+                 "providers": {{"p": {{"api": "openai", "cluster": "c", {provider}}}}},
                  "tiers": {{"canary": {{"targets": [
-                   {{"provider": "oa", "model": "stable", "weight": 1}},
-                   {{"provider": "oa", "model": "new", "weight": 1}}]}}}}}}"#
+                   {{"provider": "p", "model": "stable", "weight": 1}},
+                   {{"provider": "p", "model": "new", "weight": 1}}]}}}}}}"#
         );
         Config::from_json(json.as_bytes())
             .unwrap()
             .compile()
             .unwrap()
+    }
+
+    fn canary_with_credential(credential: &str) -> Gateway {
+        canary(Some(credential), None)
     }
 
     fn sides(g: &Gateway, n: usize) -> Vec<String> {
@@ -349,34 +360,13 @@ mod tests {
     }
 
     /// Self-hosted providers only (`auth = "none"`), with or without a canary seed.
-    fn canary_without_credentials(seed: Option<&str>) -> Gateway {
-        let seed = seed.map_or(String::new(), |s| format!(r#", "canary_seed": "{s}""#));
-        let json = format!(
-            r#"{{"gateway": {{"cluster_header": "x-weir-cluster"{seed}}},
-                 "providers": {{"vllm": {{"api": "openai", "cluster": "c", "auth": "none"}}}},
-                 "tiers": {{"canary": {{"targets": [
-                   {{"provider": "vllm", "model": "stable", "weight": 1}},
-                   {{"provider": "vllm", "model": "new", "weight": 1}}]}}}}}}"#
-        );
-        Config::from_json(json.as_bytes())
-            .unwrap()
-            .compile()
-            .unwrap()
-    }
-
     #[test]
     fn a_canary_seed_keys_the_pick_when_no_provider_has_a_credential() {
         // Without credentials or a seed the key comes from the configuration alone.
-        let public = sides(&canary_without_credentials(None), 400);
-        let seeded = sides(&canary_without_credentials(Some("seed-one")), 400);
-        assert_eq!(
-            seeded,
-            sides(&canary_without_credentials(Some("seed-one")), 400)
-        );
-        for other in [
-            &public,
-            &sides(&canary_without_credentials(Some("seed-two")), 400),
-        ] {
+        let public = sides(&canary(None, None), 400);
+        let seeded = sides(&canary(None, Some("seed-one")), 400);
+        assert_eq!(seeded, sides(&canary(None, Some("seed-one")), 400));
+        for other in [&public, &sides(&canary(None, Some("seed-two")), 400)] {
             let moved = seeded.iter().zip(other).filter(|(x, y)| x != y).count();
             assert!((120..280).contains(&moved), "{moved}");
         }
