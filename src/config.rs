@@ -133,6 +133,7 @@ pub struct GatewaySettings {
     /// the value (`canary_seed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary_seed_env: Option<String>,
+    /// The value of `canary_seed_env`, put here by `weir bundle` (refused in the file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary_seed: Option<Secret>,
 }
@@ -729,9 +730,9 @@ impl Config {
         ))
     }
 
-    /// Tier targets whose model has no price: their requests are flagged `unpriced`.
-    /// Tiers split by weight whose canary key comes from this file alone: no provider has a
-    /// credential and no `canary_seed_env` is set (see `canary_key`).
+    /// Tiers split by weight (for one API, as requests are) whose canary key comes from this
+    /// file alone: no provider has a credential and no `canary_seed_env` is set (see
+    /// `canary_key`).
     pub fn public_canary_tiers(&self) -> Vec<String> {
         let secret = self.gateway.canary_seed_env.is_some()
             || self.gateway.canary_seed.is_some()
@@ -739,13 +740,27 @@ impl Config {
         if secret {
             return Vec::new();
         }
+        let weighted = |tier: &TierConfig, api: Api| {
+            let of_api =
+                |t: &&TargetConfig| self.providers.get(&t.provider).map(|p| p.api) == Some(api);
+            tier.targets
+                .iter()
+                .filter(of_api)
+                .filter(|t| t.weight > 0)
+                .count()
+        };
         self.tiers
             .iter()
-            .filter(|(_, tier)| tier.targets.iter().filter(|t| t.weight > 0).count() > 1)
+            .filter(|(_, tier)| {
+                [Api::Openai, Api::Anthropic]
+                    .iter()
+                    .any(|a| weighted(tier, *a) > 1)
+            })
             .map(|(name, _)| format!("tiers.{name}"))
             .collect()
     }
 
+    /// Tier targets whose model has no price: their requests are flagged `unpriced`.
     pub fn unpriced_targets(&self) -> Vec<String> {
         let mut out = Vec::new();
         for (name, tier) in &self.tiers {
@@ -906,6 +921,35 @@ mod tests {
             hash_secret_hex("wk_test_1")
         );
         Config::from_json(json.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn weighted_tiers_without_any_secret_key_are_named() {
+        let config = |gateway: &str, auth: &str| {
+            let json = format!(
+                r#"{{"gateway": {{{gateway}}},
+                     "providers": {{
+                       "a": {{"api": "openai", "cluster": "a", "auth": "none"}},
+                       "b": {{"api": "openai", "cluster": "b", {auth}}},
+                       "c": {{"api": "anthropic", "cluster": "c", "auth": "none"}}}},
+                     "tiers": {{
+                       "split": {{"targets": [{{"provider": "a", "model": "m"}},
+                                             {{"provider": "b", "model": "n", "weight": 3}}]}},
+                       "one_per_api": {{"targets": [{{"provider": "a", "model": "m"}},
+                                                   {{"provider": "c", "model": "n"}}]}},
+                       "fallback": {{"targets": [{{"provider": "a", "model": "m"}},
+                                                {{"provider": "b", "model": "n", "weight": 0}}]}}}}}}"#
+            );
+            Config::from_json(json.as_bytes()).unwrap()
+        };
+        let none = r#""auth": "none""#;
+        // Only `split` picks by weight among one API's targets.
+        assert_eq!(config("", none).public_canary_tiers(), ["tiers.split"]);
+        // A credential or a seed keys the pick with a secret.
+        let keyed = r#""auth": "bearer", "credential": "sk""#;
+        assert!(config("", keyed).public_canary_tiers().is_empty());
+        let seeded = r#""canary_seed_env": "SEED""#;
+        assert!(config(seeded, none).public_canary_tiers().is_empty());
     }
 
     #[test]
