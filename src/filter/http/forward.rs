@@ -130,11 +130,11 @@ impl WeirHttp {
         self.record.usage_requested_by_weir = usage_added;
         Ok(Action::Continue)
     }
-    /// Replaces the request body (its length was removed in the headers phase). Unless the
-    /// tier fails over (its per-attempt filter may give a later attempt a body of another
-    /// length, after that attempt's headers have gone), the provider gets the new length
-    /// rather than a chunked body, which some servers handle worse (the mock provider
-    /// answers one ~70 µs later).
+    /// Replaces the request body and its `content-length` (the headers wait for this).
+    /// Unless the tier fails over, the provider gets the new length rather than a chunked
+    /// body, which some servers handle worse (the mock provider answers one ~70 µs later);
+    /// a failover tier's request goes chunked, since its per-attempt filter may give a later
+    /// attempt a body of another length after that attempt's headers have gone.
     fn replace_body(
         &mut self,
         body_size: usize,
@@ -143,14 +143,13 @@ impl WeirHttp {
     ) -> Result<(), Action> {
         host::set_buffer(REQUEST_BODY, 0, body_size, new_body)
             .map_err(|s| self.internal("replacing the request body", s))?;
-        if plan.failover.is_none() {
-            let mut digits = itoa::Buffer::new();
-            let length = digits.format(new_body.len());
-            self.headers
-                .set("content-length", length)
-                .map_err(|s| self.internal("setting the body's length", s))?;
-        }
-        Ok(())
+        let length = match plan.failover {
+            None => self
+                .headers
+                .set("content-length", itoa::Buffer::new().format(new_body.len())),
+            Some(_) => self.headers.remove("content-length"),
+        };
+        length.map_err(|s| self.internal("setting the body's length", s))
     }
     /// The last steps of sending a request in the provider's own API to `plan`'s target,
     /// once the body and the route are set: an unencoded answer asked for, the provider's

@@ -547,10 +547,8 @@ impl WeirHttp {
                 .set(":path", &clean)
                 .map_err(|s| self.internal("removing credentials from the query", s))?;
         }
-        // The body will be rewritten: upstream gets it chunked rather than with a stale length.
-        self.headers
-            .remove("content-length")
-            .map_err(|s| self.internal("removing content-length", s))?;
+        // The body will be rewritten: its `content-length` is set or removed with it
+        // (`replace_body`); until then the headers wait here, so no stale length goes out.
         self.phase = Phase::AwaitingBody;
         Ok(Action::Pause)
     }

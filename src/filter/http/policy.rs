@@ -153,8 +153,10 @@ impl WeirHttp {
                 "No policies are configured.",
             ));
         };
-        let now = host::now();
-        let now_unix = now
+        // The request's second (its headers' arrival): the policy's `time`, and the second
+        // whose decisions are kept. No clock read for a kept decision.
+        let now_unix = self
+            .started
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
@@ -168,14 +170,19 @@ impl WeirHttp {
             }),
             _ => None,
         };
-        let result = match kept {
-            Some(decision) => Ok((decision, true)),
-            None => self.decide_with_input(gateway, policies, name, request, now_unix),
+        let (result, micros) = match kept {
+            // A lookup, not an evaluation: well under the microsecond `policy_us` counts.
+            Some(decision) => (Ok((decision, true)), 0),
+            None => {
+                let start = host::now();
+                let result = self.decide_with_input(gateway, policies, name, request, now_unix);
+                let micros = host::now()
+                    .duration_since(start)
+                    .map(|d| d.as_micros() as u64)
+                    .unwrap_or(0);
+                (result, micros)
+            }
         };
-        let micros = host::now()
-            .duration_since(now)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(0);
         self.record.policy_us = Some(micros);
         // The `weir_policy_eval_us` histogram is recorded with the request's other metrics.
         result
