@@ -18,7 +18,7 @@ help:
 	@echo "make test   run every test: lint, host unit tests, integration tests against a real Envoy"
 	@echo "make wasm   build $(WASM) (WEIR_OPT=speed: faster, larger)"
 	@echo "make lint   cargo fmt --check and clippy (host and wasm)"
-	@echo "make bench  plain Envoy vs Envoy + Weir, side by side (BENCH_SECONDS per run, default 5)"
+	@echo "make bench  plain Envoy vs Envoy + Weir, side by side (BENCH_ROUNDS rounds of BENCH_SECONDS per run, default 3 and 3)"
 	@echo "make bench-split  the buffered path only, and where each proxy's CPU goes (Weir's Wasm, Envoy, kernel; needs perf)"
 	@echo "make bench-scaling  cost as keys, policy rules, body size and stream length grow; memory per worker"
 	@echo "make bench-floor  what any proxy-wasm filter of Weir's shape costs, beside plain Envoy and Weir"

@@ -20,8 +20,9 @@ SCENARIOS = ["buffered", "buffered-uncached", "buffered-no-policy", "streamed", 
 def test_every_bench_scenario_runs_and_gets_the_answers_it_measures(built, tmp_path):
     out = tmp_path / "results.json"
     env = dict(os.environ, BENCH_TOOLS_DIR=str(ROOT / "target/debug"))
-    run = subprocess.run([sys.executable, str(ROOT / "tools/bench.py"), "--seconds", "0.5", "--warmup", "0.3",
-                          "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, str(ROOT / "tools/bench.py"), "--seconds", "0.3", "--warmup", "0.2",
+                          "--rounds", "2", "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "WARNING" not in run.stderr, run.stderr[-3000:]
     results = json.loads(out.read_text())
@@ -33,6 +34,17 @@ def test_every_bench_scenario_runs_and_gets_the_answers_it_measures(built, tmp_p
         for proxy in ("plain", "weir"):
             assert row[proxy]["requests"] > 0, (scenario, connections, proxy)
             assert row[proxy]["cpu_us_per_request"] > 0, (scenario, connections, proxy)
+        # Two rounds, each measuring both proxies; the row gives their medians, and the
+        # ratio of the medians lies within the per-round ratios' range.
+        samples = row["rounds"]
+        assert len(samples) == 2
+        for proxy in ("plain", "weir"):
+            per_round = [s[proxy]["rps"] for s in samples]
+            assert row[proxy]["rps"] == sum(per_round) / 2, (scenario, connections, proxy)
+            assert row[proxy]["statuses"] == {k: sum(s[proxy]["statuses"].get(k, 0) for s in samples)
+                                              for k in row[proxy]["statuses"]}
+        low, high = row["rps_ratio_range"]
+        assert low - 0.001 <= row["rps_ratio"] <= high + 0.001, row
     # Weir refuses the unknown key; plain Envoy forwards it.
     assert set(rows[("denied", 1)]["weir"]["statuses"]) == {"401"}
     assert set(rows[("denied", 1)]["plain"]["statuses"]) == {"200"}
@@ -43,6 +55,7 @@ def test_every_bench_scenario_runs_and_gets_the_answers_it_measures(built, tmp_p
         assert paced[proxy]["first_byte_p50_ms"] < paced[proxy]["p50_ms"] / 2, paced[proxy]
     for scenario in SCENARIOS:
         assert f"| {scenario} | 1 |" in run.stdout
+    assert "Medians of 2 rounds" in run.stdout
     assert results["wasm_bytes"] > 0 and results["weir_ready_s"] > 0
 
 

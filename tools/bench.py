@@ -7,6 +7,11 @@ policy, tier rewrite, usage, audit) proxying to it. Each proxy has one worker. F
 scenario and connection count, weir-load drives the proxy for a fixed time; CPU per
 request comes from the proxy's /proc/PID/stat. Prints a table and writes JSON.
 
+`--rounds N` (`BENCH_ROUNDS`, default 3) measures every row N times, the rounds one after
+the other and plain Envoy and Weir taking turns to go first, and reports each figure's
+median with the spread of the per-round ratio and added CPU: on a shared machine one
+run of a few seconds can land in a slow moment for one proxy and not the other.
+
 `--split` (`make bench-split`) adds where each proxy's CPU goes, from `perf record` samples
 on the full buffered path at 16 connections: the filter's own code (V8's compiled Wasm, which
 perf sees as anonymous "[JIT]" memory), Envoy's binary (its C++, V8's runtime and the Wasm host
@@ -19,6 +24,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -355,7 +361,8 @@ def split_table(split: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS", "5")))
+    parser.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS", "3")))
+    parser.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", "3")))
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--out", type=Path, default=devstack.ROOT / "target/bench/results.json")
     parser.add_argument("--only", default=os.environ.get("BENCH_ONLY", ""),
@@ -363,6 +370,8 @@ def main() -> int:
     parser.add_argument("--split", action="store_true", default=os.environ.get("BENCH_SPLIT") == "1",
                         help="also measure where the CPU goes (needs perf)")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if args.split and not shutil.which("perf"):
         parser.error("--split needs perf (Debian: linux-perf)")
     chosen = [s for s in args.only.split(",") if s] or list(SCENARIOS)
@@ -395,31 +404,28 @@ def main() -> int:
         weirs = {"": weir}
         results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                "python": platform.python_version()},
-                   "wasm_bytes": devstack.WASM.stat().st_size, "weir_ready_s": round(ready_s, 2), "runs": []}
+                   "wasm_bytes": devstack.WASM.stat().st_size, "weir_ready_s": round(ready_s, 2),
+                   "rounds": args.rounds, "seconds": args.seconds, "runs": []}
         if "buffered-uncached" in chosen:
             uncached = workdir / "weir-uncached.toml"
             uncached.write_text(config.read_text().replace("[policy]\n", "[policy]\ndecision_cache = false\n"))
             weirs["uncached"] = start_weir("weir-uncached", uncached)[0]
-        for scenario in chosen:
-            proxy_of_weir = weirs["uncached" if scenario == "buffered-uncached" else ""]
-            for connections in CONNECTIONS.get(scenario, (1, 16)):
-                row = {"scenario": scenario, "connections": connections}
-                for name, proxy in (("plain", plain), ("weir", proxy_of_weir)):
-                    row[name] = run_load(proxy, workdir, scenario, connections, args.seconds, args.warmup)
-                    wrong = unexpected_statuses(scenario, name, row[name])
-                    if wrong or row[name].get("errors"):
-                        row.setdefault("unexpected", {})[name] = {"statuses": wrong, "errors": row[name].get("errors")}
-                        print(f"WARNING: {scenario} c={connections} {name}: unexpected statuses {wrong}, "
-                              f"{row[name].get('errors')} failed requests", file=sys.stderr, flush=True)
-                p, w = row["plain"], row["weir"]
-                row["rps_ratio"] = round(w["rps"] / p["rps"], 3) if p["rps"] else None
-                row["added_cpu_us"] = round(w["cpu_us_per_request"] - p["cpu_us_per_request"], 1)
-                row["added_p50_ms"] = round(w["p50_ms"] - p["p50_ms"], 3)
-                # The streaming target: what Weir adds before a client can read anything.
-                row["added_first_byte_p50_ms"] = round(w["first_byte_p50_ms"] - p["first_byte_p50_ms"], 3)
-                results["runs"].append(row)
-                print(f"{scenario:9} c={connections:<2} plain {p['rps']:8.0f} rps  weir {w['rps']:8.0f} rps  "
-                      f"ratio {row['rps_ratio']}", file=sys.stderr, flush=True)
+        proxies = {"plain": plain}
+        rows = [(scenario, connections) for scenario in chosen for connections in CONNECTIONS.get(scenario, (1, 16))]
+        rounds: dict[tuple, list[dict]] = {row: [] for row in rows}
+        for round_ in range(args.rounds):
+            for scenario, connections in rows:
+                proxies["weir"] = weirs["uncached" if scenario == "buffered-uncached" else ""]
+                # Plain Envoy and Weir take turns to go first.
+                order = ("plain", "weir") if round_ % 2 == 0 else ("weir", "plain")
+                sample = {name: run_load(proxies[name], workdir, scenario, connections, args.seconds, args.warmup)
+                          for name in order}
+                rounds[(scenario, connections)].append(sample)
+                print(f"round {round_ + 1}/{args.rounds} {scenario:9} c={connections:<2} plain "
+                      f"{sample['plain']['rps']:8.0f} rps  weir {sample['weir']['rps']:8.0f} rps", file=sys.stderr,
+                      flush=True)
+        for scenario, connections in rows:
+            results["runs"].append(summarise(scenario, connections, rounds[(scenario, connections)]))
         if args.split:
             results["split"] = {"scenario": "buffered",
                                 "plain": cpu_split(plain, workdir, "buffered", args.seconds),
@@ -442,19 +448,73 @@ def main() -> int:
     return 0
 
 
+def median_result(results: list[dict]) -> dict:
+    """One load result from several rounds: each figure's median; statuses and errors summed."""
+    merged = {}
+    for field, value in results[0].items():
+        values = [r.get(field, 0) for r in results]
+        if field == "statuses":
+            merged[field] = {}
+            for r in results:
+                for status, count in r.get("statuses", {}).items():
+                    merged[field][status] = merged[field].get(status, 0) + count
+        elif field == "errors":
+            merged[field] = sum(values)
+        elif isinstance(value, (int, float)):
+            merged[field] = statistics.median(values)
+        else:
+            merged[field] = value
+    return merged
+
+
+def summarise(scenario: str, connections: int, samples: list[dict]) -> dict:
+    """A table row from a scenario's rounds: the medians, the ratios of the medians, and the
+    spread of the per-round ratio and added CPU."""
+    row = {"scenario": scenario, "connections": connections, "rounds": samples}
+    for name in ("plain", "weir"):
+        row[name] = median_result([s[name] for s in samples])
+        statuses = row[name]["statuses"]
+        wrong = unexpected_statuses(scenario, name, row[name])
+        if wrong or row[name].get("errors"):
+            row.setdefault("unexpected", {})[name] = {"statuses": wrong, "errors": row[name].get("errors")}
+            print(f"WARNING: {scenario} c={connections} {name}: unexpected statuses {wrong}, "
+                  f"{row[name].get('errors')} failed requests (all rounds: {statuses})", file=sys.stderr, flush=True)
+    p, w = row["plain"], row["weir"]
+    row["rps_ratio"] = round(w["rps"] / p["rps"], 3) if p["rps"] else None
+    row["added_cpu_us"] = round(w["cpu_us_per_request"] - p["cpu_us_per_request"], 1)
+    row["added_p50_ms"] = round(w["p50_ms"] - p["p50_ms"], 3)
+    # The streaming target: what Weir adds before a client can read anything.
+    row["added_first_byte_p50_ms"] = round(w["first_byte_p50_ms"] - p["first_byte_p50_ms"], 3)
+    ratios = [s["weir"]["rps"] / s["plain"]["rps"] for s in samples if s["plain"]["rps"]]
+    added = [s["weir"]["cpu_us_per_request"] - s["plain"]["cpu_us_per_request"] for s in samples]
+    row["rps_ratio_range"] = [round(min(ratios), 3), round(max(ratios), 3)] if ratios else None
+    row["added_cpu_us_range"] = [round(min(added), 1), round(max(added), 1)]
+    return row
+
+
 def table(results: dict) -> str:
+    rounds = results.get("rounds", 1)
+    spread = rounds > 1
     lines = [
+        f"Medians of {rounds} rounds (per-round range in brackets)." if spread else "One round.",
+        "",
         "| scenario | conns | plain rps | weir rps | weir/plain | plain p50 / p99 ms | weir p50 / p99 ms "
         "| first byte p50 ms plain / weir | plain CPU µs/req | weir CPU µs/req | added CPU µs |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["runs"]:
         p, w = r["plain"], r["weir"]
+        ratio, added = f"{r['rps_ratio']:.2f}", f"{r['added_cpu_us']:+.0f}"
+        if spread and r.get("rps_ratio_range"):
+            low, high = r["rps_ratio_range"]
+            ratio += f" ({low:.2f}–{high:.2f})"
+            low, high = r["added_cpu_us_range"]
+            added += f" ({low:+.0f} to {high:+.0f})"
         lines.append(
-            f"| {r['scenario']} | {r['connections']} | {p['rps']:.0f} | {w['rps']:.0f} | {r['rps_ratio']:.2f} | "
+            f"| {r['scenario']} | {r['connections']} | {p['rps']:.0f} | {w['rps']:.0f} | {ratio} | "
             f"{p['p50_ms']:.3f} / {p['p99_ms']:.3f} | {w['p50_ms']:.3f} / {w['p99_ms']:.3f} | "
             f"{p['first_byte_p50_ms']:.3f} / {w['first_byte_p50_ms']:.3f} | "
-            f"{p['cpu_us_per_request']:.0f} | {w['cpu_us_per_request']:.0f} | {r['added_cpu_us']:+.0f} |"
+            f"{p['cpu_us_per_request']:.0f} | {w['cpu_us_per_request']:.0f} | {added} |"
         )
     rss = results.get("rss_mb", {})
     lines.append("")
