@@ -26,6 +26,26 @@ pub enum Endpoint {
     Passthrough,
 }
 
+/// Whether `path` (the `:path` header, query string included) reads one way only: it starts
+/// with `/` and has no empty segment (but a trailing `/`), no `.` or `..` segment, no
+/// backslash and no percent-escape before its query. A pass-through path must: a server that
+/// merges slashes, removes dot segments or decodes escapes could read
+/// `/v1//chat/completions` as the chat endpoint, which passed through would skip the policy,
+/// the model scopes and the metering. (envoy.yaml's `normalize_path` and `merge_slashes`
+/// bring most such paths to this form before Weir sees them.)
+pub fn is_canonical_path(path: &str) -> bool {
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    !path.contains(['\\', '%'])
+        && (rest.is_empty()
+            || rest
+                .split('/')
+                .all(|segment| !matches!(segment, "" | "." | "..")))
+}
+
 impl Endpoint {
     /// `path` is the `:path` header, query string included.
     pub fn classify(path: &str) -> Option<Endpoint> {
@@ -166,6 +186,35 @@ pub fn error_api(path: &str, has_anthropic_version: bool) -> Api {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_paths_read_one_way_only() {
+        for path in [
+            "/v1/files",
+            "/v1/files/",
+            "/v1/files/file-abc123/content?x=%2F..",
+            "/v1/batches?after=b_1&limit=2",
+            "/v1/fine_tuning/jobs",
+            "/",
+        ] {
+            assert!(is_canonical_path(path), "{path}");
+        }
+        for path in [
+            "/v1//chat/completions",
+            "//v1/chat/completions",
+            "/v1/./chat/completions",
+            "/v1/x/../chat/completions",
+            "/v1/chat/completions/..",
+            "/v1/%63hat/completions",
+            "/v1/chat%2Fcompletions",
+            "/v1/chat\\completions",
+            "/v1/files//",
+            "v1/files",
+            "",
+        ] {
+            assert!(!is_canonical_path(path), "{path}");
+        }
+    }
 
     #[test]
     fn classify_paths() {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import http.client
 import json
 
 import httpx
@@ -167,6 +168,92 @@ def test_other_v1_paths_pass_through_with_auth_when_configured(routing, rid):
     assert httpx.get(routing.url + "/v1/files", timeout=10).status_code == 401
     response = httpx.get(routing.url + "/v1/files", headers={"authorization": f"Bearer {routing.keys['no-passthrough']}"}, timeout=10)
     assert response.status_code == 403 and "`passthrough`" in response.json()["error"]["message"]
+
+
+def verbatim(running: Running, method: str, path: str, headers: dict, body: dict | None = None) -> httpx.Response:
+    """A request whose path goes out exactly as written (HTTP clients tidy paths)."""
+    host, port = running.url.split("//")[1].rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        data = json.dumps(body).encode() if body is not None else None
+        connection.request(method, path, body=data, headers={**headers, "content-type": "application/json"})
+        answer = connection.getresponse()
+        return httpx.Response(answer.status, headers=answer.getheaders(), content=answer.read())
+    finally:
+        connection.close()
+
+
+def test_other_spellings_of_a_path_weir_serves_are_that_path_never_a_pass_through(routing, rid):
+    """With pass-through on, `/v1//chat/completions` and the like used to pass through
+    unclassified (with the provider's credential), where a server that merges slashes or
+    decodes escapes would read them as the chat endpoint: no policy, scopes or metering.
+    Envoy now normalises the path before Weir reads it, and refuses what it cannot."""
+    headers = {"authorization": f"Bearer {routing.keys['all']}"}
+    body = {"model": "fast", "messages": MESSAGES}
+    for i, path in enumerate(["/v1//chat/completions", "/v1/./chat/completions", "/v1/x/../chat/completions",
+                              "/v1/%63hat/completions", "/v1/chat\\completions"]):
+        request_id = f"{rid}-{i}"
+        response = verbatim(routing, "POST", path, {**headers, "x-weir-request-id": request_id}, body)
+        assert response.status_code == 200, (path, response.text)
+        assert response.headers["x-weir-tier"] == "fast", path
+        record = routing.audit(request_id)
+        assert (record["endpoint"], record["path"], record["tier"]) == ("chat_completions", "/v1/chat/completions",
+                                                                      "fast"), path
+        assert [r["path"] for r in routing.received(request_id)] == ["/v1/chat/completions"], path
+    # What Envoy cannot normalise (an escaped slash, a NUL) is refused in the client's shape,
+    # forwarded nowhere, and recorded.
+    for i, (path, extra) in enumerate([("/v1/chat%2Fcompletions", {}), ("/v1/chat/completions%00", {}),
+                                       ("/v1/messages%2F", {"anthropic-version": "2023-06-01"})]):
+        request_id = f"{rid}-refused-{i}"
+        response = verbatim(routing, "POST", path,
+                            {**headers, **extra, "x-request-id": request_id, "x-weir-request-id": request_id}, body)
+        assert response.status_code == 400, (path, response.text)
+        error = response.json()["error"]
+        assert error["type"] == "invalid_request_error" and "escaped slash" in error["message"], path
+        if extra:
+            assert response.json()["type"] == "error"
+        else:
+            assert error["code"] == "invalid_path"
+        assert routing.received(request_id) == []
+        record = routing.audit(request_id)
+        assert (record["status"], record["error"], record["detail"]) == (400, "rejected_by_envoy",
+                                                                        "path_normalization_failed"), path
+
+
+def test_weir_itself_refuses_to_pass_through_a_path_that_reads_more_than_one_way(built, tmp_path):
+    """The same guard in Weir, for an Envoy configured without path normalisation."""
+    config = tmp_path / "weir.toml"
+    config.write_text(devstack.sample_config_text().replace(
+        'stream_usage = true', 'stream_usage = true\npassthrough_provider = "openai"', 1))
+    key = new_key(config, "--name", "p", "--team", "t", "--scopes", "*")
+    stack = devstack.Stack(tmp_path / "stack", config=config)
+    render = stack.render
+
+    def render_without_normalisation():
+        path = render()
+        text = path.read_text()
+        for line in ("normalize_path: true", "merge_slashes: true", "path_with_escaped_slashes_action: REJECT_REQUEST"):
+            assert line in text
+            text = text.replace(line, "")
+        path.write_text(text)
+        return path
+
+    stack.render = render_without_normalisation
+    with serving(stack) as running:
+        headers = {"authorization": f"Bearer {key}"}
+        for i, path in enumerate(["/v1//chat/completions", "/v1/./chat/completions", "/v1/x/../chat/completions",
+                                  "/v1/%63hat/completions", "/v1/chat%2Fcompletions"]):
+            request_id = f"raw-{i}"
+            response = verbatim(running, "POST", path, {**headers, "x-weir-request-id": request_id},
+                                {"model": "fast", "messages": MESSAGES})
+            assert response.status_code == 400, (path, response.text)
+            assert response.json()["error"]["code"] == "invalid_path", path
+            assert running.received(request_id) == []
+            record = running.audit(request_id)
+            assert (record["endpoint"], record["status"], record["outcome"]) == ("passthrough", 400, "denied"), path
+        # A path in its one spelling still passes through.
+        response = HTTP.get(running.url + "/v1/files", headers={**headers, "x-weir-request-id": "raw-ok"})
+        assert response.status_code == 200 and response.json()["path"] == "/v1/files"
 
 
 def test_other_v1_paths_are_refused_by_default(weir, rid):

@@ -25,7 +25,9 @@ use crate::body::{
 use crate::config::Target;
 use crate::config::{Api, Gateway};
 use crate::directives::{self, Directives};
-use crate::endpoint::{error_api, is_json_content_type, strip_credential_params, Endpoint};
+use crate::endpoint::{
+    error_api, is_canonical_path, is_json_content_type, strip_credential_params, Endpoint,
+};
 use crate::errors::{ErrorKind, GatewayError};
 use crate::jwt::{self, JwtIdentity};
 use crate::keys::{presented_key, PresentedKey};
@@ -453,6 +455,17 @@ impl WeirHttp {
         };
         self.record.endpoint = Some(endpoint.name());
         self.endpoint = Some(endpoint);
+        if endpoint == Endpoint::Passthrough && !is_canonical_path(&path) {
+            // Another spelling of a path Weir serves must not pass through unmetered.
+            return Err(self.reject(
+                GatewayError::new(
+                    ErrorKind::BadRequest,
+                    "The request path must not have empty, '.' or '..' segments, backslashes \
+                     or percent-escapes.",
+                )
+                .with_code("invalid_path"),
+            ));
+        }
         if endpoint.method() != "*" && method != endpoint.method() {
             return Err(self.reject(GatewayError::new(
                 ErrorKind::MethodNotAllowed,
