@@ -121,7 +121,7 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: plain
-          # As Weir's envoy.yaml: the path normalised (a few hundred nanoseconds), so the
+          # As Weir's envoy.yaml: the path normalised (Envoy's own work, not Weir's), so the
           # comparison is of Weir alone.
           normalize_path: true
           merge_slashes: true
