@@ -231,6 +231,11 @@ pub struct ProviderConfig {
     pub credential_env: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential_file: Option<String>,
+    /// A variable of Envoy's own environment that holds the credential: the filter reads it
+    /// when it loads the configuration (through the VM's `environment_variables`, which
+    /// `weir bundle` names), so neither the bundle nor Envoy's config dump holds the value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envoy_credential_env: Option<String>,
     /// `anthropic-version` sent when the client did not send one (Anthropic only).
     #[serde(default = "default_anthropic_version")]
     pub anthropic_version: String,
@@ -448,6 +453,45 @@ impl Config {
         self.compile_with(None)
     }
 
+    /// The variables of Envoy's environment that hold provider credentials
+    /// (`envoy_credential_env`), each once, in order: what the bundle asks Envoy to hand
+    /// the VM.
+    pub fn envoy_credential_vars(&self) -> Vec<&str> {
+        let mut vars: Vec<&str> = self
+            .providers
+            .values()
+            .filter_map(|p| p.envoy_credential_env.as_deref())
+            .collect();
+        vars.sort_unstable();
+        vars.dedup();
+        vars
+    }
+
+    /// Fills in each `envoy_credential_env` credential from `lookup` (in the filter, the
+    /// VM's environment, which Envoy fills from its own). A variable that is unset or
+    /// empty refuses the configuration: a provider without its credential would answer
+    /// every request with 401.
+    pub fn fill_envoy_credentials(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        for (name, p) in self.providers.iter_mut() {
+            let Some(var) = &p.envoy_credential_env else {
+                continue;
+            };
+            let path = format!("providers.{name}.envoy_credential_env");
+            if p.credential.is_some() {
+                return Err(err(&path, "and a credential: name one source"));
+            }
+            let value = lookup(var)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| err(&path, format!("Envoy's environment has no {var}")))?;
+            p.credential = Some(Secret(value));
+        }
+        Ok(())
+    }
+
     /// `compile` for the filter: the key records move into the key index instead of being
     /// copied (the configuration is not needed afterwards).
     pub fn into_gateway(mut self) -> Result<Gateway, ConfigError> {
@@ -486,6 +530,13 @@ impl Config {
                 AuthStyle::XApiKey => Some("x-api-key"),
                 AuthStyle::ApiKey => Some("api-key"),
             };
+            if let Some(var) = &p.envoy_credential_env {
+                let vpath = format!("{path}.envoy_credential_env");
+                check_name(&vpath, var)?;
+                if header_name.is_none() {
+                    return Err(err(vpath, "auth = \"none\" sends no credential"));
+                }
+            }
             let credential_header = match header_name {
                 None => None,
                 Some(header) => {
@@ -493,8 +544,9 @@ impl Config {
                     let secret = p.credential.as_ref().ok_or_else(|| {
                         err(
                             &cpath,
-                            "missing: auth needs a credential (set credential_env or \
-                             credential_file and build the bundle with `weir bundle`)",
+                            "missing: auth needs a credential (set credential_env, \
+                             credential_file or envoy_credential_env and build the bundle \
+                             with `weir bundle`)",
                         )
                     })?;
                     check_header_value(&cpath, &secret.0)
@@ -1064,6 +1116,84 @@ mod tests {
         let e = c.compile().unwrap_err();
         assert_eq!(e.path, "providers.openai.credential");
         assert!(!e.to_string().contains("sk-test"));
+    }
+
+    /// The sample with its OpenAI credential named as a variable of Envoy's environment.
+    fn sample_with_envoy_credential(var: &str) -> Config {
+        let mut c = sample();
+        let openai = c.providers.get_mut("openai").unwrap();
+        openai.credential = None;
+        openai.envoy_credential_env = Some(var.to_string());
+        c
+    }
+
+    #[test]
+    fn envoy_credentials_are_filled_from_the_environment() {
+        let mut c = sample_with_envoy_credential("OPENAI_KEY");
+        assert_eq!(c.envoy_credential_vars(), ["OPENAI_KEY"]);
+        // The configuration Envoy receives names the variable and holds no value.
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(
+            json.contains(r#""envoy_credential_env":"OPENAI_KEY""#),
+            "{json}"
+        );
+        assert!(!json.contains(r#""credential":"#), "{json}");
+        assert_eq!(c.compile().unwrap_err().path, "providers.openai.credential");
+
+        c.fill_envoy_credentials(|var| (var == "OPENAI_KEY").then(|| " sk-env \n".into()))
+            .unwrap();
+        let gateway = c.compile().unwrap();
+        let (header, value) = gateway.providers[1].credential_header.as_ref().unwrap();
+        assert_eq!(
+            (*header, value.0.as_str()),
+            ("authorization", "Bearer sk-env")
+        );
+        // The canary key follows the credential's value, as with a bundled one.
+        let mut other = sample_with_envoy_credential("OPENAI_KEY");
+        other
+            .fill_envoy_credentials(|_| Some("sk-other".into()))
+            .unwrap();
+        assert_ne!(other.compile().unwrap().canary_key, gateway.canary_key);
+    }
+
+    #[test]
+    fn a_missing_envoy_credential_is_refused_by_name() {
+        for value in [None, Some(""), Some("  ")] {
+            let mut c = sample_with_envoy_credential("OPENAI_KEY");
+            let e = c
+                .fill_envoy_credentials(|_| value.map(str::to_string))
+                .unwrap_err();
+            assert_eq!(e.path, "providers.openai.envoy_credential_env");
+            assert!(e.to_string().contains("no OPENAI_KEY"), "{e}");
+        }
+        // Two sources for one credential: refused rather than one silently winning.
+        let mut c = sample_with_envoy_credential("OPENAI_KEY");
+        c.providers.get_mut("openai").unwrap().credential = Some(Secret("sk-test".into()));
+        let e = c
+            .fill_envoy_credentials(|_| Some("sk-env".into()))
+            .unwrap_err();
+        assert_eq!(e.path, "providers.openai.envoy_credential_env");
+        assert!(!e.to_string().contains("sk-"), "{e}");
+    }
+
+    #[test]
+    fn envoy_credential_names_are_checked() {
+        for bad in ["", "KEY=x", "KÉY", "A B"] {
+            let mut c = sample_with_envoy_credential(bad);
+            c.providers.get_mut("openai").unwrap().credential = Some(Secret("sk".into()));
+            assert_eq!(
+                c.compile().unwrap_err().path,
+                "providers.openai.envoy_credential_env",
+                "{bad:?}"
+            );
+        }
+        // A provider without auth sends no credential: naming one is a mistake.
+        let mut c = sample();
+        c.providers.get_mut("local").unwrap().envoy_credential_env = Some("VLLM_KEY".into());
+        assert_eq!(
+            c.compile().unwrap_err().path,
+            "providers.local.envoy_credential_env"
+        );
     }
 
     #[test]

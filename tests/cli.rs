@@ -339,6 +339,113 @@ targets = [{{ provider = "azure", model = "gpt-4o" }}, {{ provider = "anthropic"
     );
 }
 
+/// `envoy_credential_env`: the credential stays in Envoy's environment. The bundle needs
+/// no value (the variable is not set for it), carries none, and asks Envoy to hand the
+/// variable to both filters' VMs; `weir check` says which variables Envoy must have.
+#[test]
+fn bundle_names_credentials_that_envoys_environment_holds() {
+    let dir = TestDir::new("envoy-creds");
+    let config = dir.join("weir.toml");
+    let providers = r#"
+[providers.openai]
+api = "openai"
+cluster = "openai"
+auth = "bearer"
+envoy_credential_env = "WEIR_TEST_ENVOY_OPENAI_KEY"
+
+[providers.anthropic]
+api = "anthropic"
+cluster = "anthropic"
+auth = "x-api-key"
+credential_env = "WEIR_TEST_ANTHROPIC_KEY"
+
+[tiers.t]
+targets = [{ provider = "openai", model = "gpt-4o" }, { provider = "anthropic", model = "claude" }]
+"#;
+    std::fs::write(&config, providers).unwrap();
+    let wasm = dir.join("weir.wasm");
+    std::fs::write(&wasm, b"\0asm").unwrap();
+    let (out, upstream_out) = (dir.join("bundle.json"), dir.join("upstream.json"));
+    let run = bundle_command(&config, &wasm, &out)
+        .args(["--upstream-out", upstream_out.to_str().unwrap()])
+        .env("WEIR_TEST_ANTHROPIC_KEY", "anthropic-secret-from-env")
+        .env_remove("WEIR_TEST_ENVOY_OPENAI_KEY")
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    for bundle in [&out, &upstream_out] {
+        let resource: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(bundle).unwrap()).unwrap();
+        let vm_config = &resource["resources"][0]["typed_config"]["config"]["vm_config"];
+        assert_eq!(
+            vm_config["environment_variables"],
+            serde_json::json!({"host_env_keys": ["WEIR_TEST_ENVOY_OPENAI_KEY"]})
+        );
+        let plugin: serde_json::Value = serde_json::from_str(&plugin_of(bundle)).unwrap();
+        let openai = &plugin["providers"]["openai"];
+        assert_eq!(openai["envoy_credential_env"], "WEIR_TEST_ENVOY_OPENAI_KEY");
+        assert!(openai.get("credential").is_none(), "{openai}");
+        // The bundle-time credential is resolved as before.
+        assert_eq!(
+            plugin["providers"]["anthropic"]["credential"],
+            "anthropic-secret-from-env"
+        );
+    }
+    // The filter fills the credential in from the variable; without it, it refuses.
+    let mut filled = Config::from_json(plugin_of(&out).as_bytes()).unwrap();
+    assert!(filled.clone().compile().is_err());
+    filled
+        .fill_envoy_credentials(|_| Some("sk-envoy".into()))
+        .unwrap();
+    let gateway = filled.compile().unwrap();
+    let openai = gateway
+        .providers
+        .iter()
+        .find(|p| p.name == "openai")
+        .unwrap();
+    assert_eq!(
+        openai.credential_header.as_ref().unwrap().1 .0,
+        "Bearer sk-envoy"
+    );
+
+    let run = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["check", config.to_str().unwrap()])
+        .env("WEIR_TEST_ANTHROPIC_KEY", "x")
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(
+        stdout(&run).contains("Envoy's environment must hold: WEIR_TEST_ENVOY_OPENAI_KEY"),
+        "{}",
+        stdout(&run)
+    );
+
+    // One source per credential; and a value in the file is refused as before.
+    for (extra, message) in [
+        (
+            "credential_env = \"WEIR_TEST_ANTHROPIC_KEY\"\n",
+            "providers.openai: envoy_credential_env and credential_env/credential_file",
+        ),
+        (
+            "credential = \"sk-in-file\"\n",
+            "providers.openai.credential: credentials do not belong",
+        ),
+    ] {
+        let text = providers.replace(
+            "envoy_credential_env = \"WEIR_TEST_ENVOY_OPENAI_KEY\"\n",
+            &format!("envoy_credential_env = \"WEIR_TEST_ENVOY_OPENAI_KEY\"\n{extra}"),
+        );
+        std::fs::write(&config, text).unwrap();
+        let run = bundle_command(&config, &wasm, &out)
+            .env("WEIR_TEST_ANTHROPIC_KEY", "x")
+            .output()
+            .unwrap();
+        assert!(!run.status.success());
+        assert!(stderr(&run).contains(message), "{}", stderr(&run));
+        assert!(!stderr(&run).contains("sk-in-file"), "{}", stderr(&run));
+    }
+}
+
 /// With only self-hosted providers (no credentials), a canary's key comes from the file:
 /// `weir bundle` warns, and `gateway.canary_seed_env` puts a secret seed in the bundle only.
 #[test]

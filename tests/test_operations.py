@@ -229,6 +229,96 @@ def test_filter_configuration_reloads_without_restart_and_bad_ones_are_refused(b
         stack.stop()
 
 
+def test_credentials_in_envoys_environment_stay_out_of_the_bundle_and_the_config_dump(built, tmp_path):
+    """`envoy_credential_env`: the provider credentials live in Envoy's own environment.
+    `weir bundle` runs without them and the bundle and Envoy's admin config dump hold only
+    their names; both filters (the main one and the per-attempt one of failover tiers) read
+    the values when they load, and the providers get them. A configuration naming a
+    variable Envoy lacks is refused, and the last good one stays."""
+    names = {"OPENAI_API_KEY": "WEIR_TEST_ENVOY_OPENAI_KEY", "ANTHROPIC_API_KEY": "WEIR_TEST_ENVOY_ANTHROPIC_KEY"}
+    text = devstack.sample_config_text()
+    for bundled, in_envoy in names.items():
+        text = text.replace(f'credential_env = "{bundled}"', f'envoy_credential_env = "{in_envoy}"')
+    config = tmp_path / "weir.toml"
+    config.write_text(text + """
+[tiers.resilient]
+failover = true
+targets = [{ provider = "openai", model = "gpt-4.1-mini" }, { provider = "anthropic", model = "claude-sonnet-4-5" }]
+""")
+    secrets = devstack.MOCK_CREDENTIALS
+    envoy_env = {in_envoy: secrets[bundled] for bundled, in_envoy in names.items()}
+    stack = devstack.Stack(tmp_path / "stack", config=config, envoy_env=envoy_env)
+    # The bundle is made without any credential in its environment.
+    stack.bundle_env = lambda: {k: v for k, v in os.environ.items() if k not in (*names, *names.values())}
+    try:
+        stack.start()
+        for bundle in (stack.filter_config, stack.upstream_filter_config):
+            resource = json.loads(bundle.read_text())
+            vm_config = resource["resources"][0]["typed_config"]["config"]["vm_config"]
+            assert vm_config["environment_variables"]["host_env_keys"] == sorted(names.values())
+            assert not any(secret in bundle.read_text() for secret in secrets.values())
+        dump = httpx.get(stack.admin + "/config_dump", timeout=10).text
+        assert "WEIR_TEST_ENVOY_OPENAI_KEY" in dump and "envoy_credential_env" in dump
+        assert not any(secret in dump for secret in secrets.values())
+
+        def chat(path: str, model: str, rid: str) -> httpx.Response:
+            body = {"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+            return httpx.post(stack.url + path, json=body, timeout=10,
+                              headers={"authorization": f"Bearer {DEMO_KEY}", "x-weir-request-id": rid})
+
+        def received(provider: str, rid: str) -> dict:
+            url = f"{stack.mock_url(provider)}/_mock/requests?request_id={rid}"
+            [request] = json.loads(httpx.get(url, timeout=5).text)
+            return request["headers"]
+
+        # The mock refuses a wrong or missing credential, so each 200 is the provider's yes.
+        for path, model, provider, header, value in [
+            ("/v1/chat/completions", "fast", "openai", "authorization", f"Bearer {secrets['OPENAI_API_KEY']}"),
+            ("/v1/messages", "fast", "anthropic", "x-api-key", secrets["ANTHROPIC_API_KEY"]),
+            # A failover tier: the per-attempt upstream filter injects the credential.
+            ("/v1/chat/completions", "resilient", "openai", "authorization", f"Bearer {secrets['OPENAI_API_KEY']}"),
+        ]:
+            rid = f"envoy-env-{provider}-{model}"
+            r = chat(path, model, rid)
+            assert r.status_code == 200, r.text
+            assert received(provider, rid)[header] == value
+
+        # Reloaded with a variable Envoy was not started with: refused, the last good stays.
+        config.write_text(config.read_text().replace('"WEIR_TEST_ENVOY_OPENAI_KEY"', '"WEIR_TEST_ENVOY_MISSING"'))
+        assert stack.bundle().returncode == 0  # the CLI cannot know Envoy's environment
+        deadline = time.monotonic() + 10
+        refusal = "configuration rejected: providers.openai.envoy_credential_env: Envoy's environment has no WEIR_TEST_ENVOY_MISSING"
+        while time.monotonic() < deadline and refusal not in stack.envoy_log.read_text():
+            time.sleep(0.05)
+        assert refusal in stack.envoy_log.read_text()
+        r = chat("/v1/chat/completions", "fast", "envoy-env-after-refusal")
+        assert r.status_code == 200, r.text
+        assert received("openai", "envoy-env-after-refusal")["authorization"] == f"Bearer {secrets['OPENAI_API_KEY']}"
+        assert not any(secret in stack.envoy_log.read_text() for secret in secrets.values())
+    finally:
+        stack.stop()
+
+    # An Envoy started without the variable fails closed: every request a 500 in the
+    # client's shape, with its audit record, and the log says which variable is missing.
+    lacking = devstack.Stack(tmp_path / "lacking", config=config, envoy_env={names["ANTHROPIC_API_KEY"]: "x"})
+    lacking.bundle_env = stack.bundle_env
+    try:
+        lacking.start()
+        r = httpx.post(lacking.url + "/v1/chat/completions", timeout=10,
+                       json={"model": "fast", "messages": [{"role": "user", "content": "hi"}]},
+                       headers={"authorization": f"Bearer {DEMO_KEY}", "x-weir-request-id": "envoy-env-lacking"})
+        assert r.status_code == 500 and r.json()["error"]["type"] == "server_error", r.text
+        assert "Envoy's environment has no WEIR_TEST_ENVOY_MISSING" in lacking.envoy_log.read_text()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "weir_unavailable" not in (
+                lacking.audit_log.read_text() if lacking.audit_log.exists() else ""):
+            time.sleep(0.05)
+        [record] = [json.loads(line) for line in lacking.audit_log.read_text().splitlines()]
+        assert (record["status"], record["outcome"], record["error"]) == (500, "error", "weir_unavailable")
+    finally:
+        lacking.stop()
+
+
 def test_minimal_envoy_example_in_the_readme_is_valid(built, tmp_path):
     minimal = (ROOT / "envoy/minimal.yaml").read_text()
     assert minimal in (ROOT / "README.md").read_text(), "README must show envoy/minimal.yaml as it is"

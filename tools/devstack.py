@@ -222,6 +222,7 @@ class Stack:
         request_headers_timeout: str = "10s",
         extra_clusters: dict[str, int] | None = None,
         front_filters: str = "",
+        envoy_env: dict[str, str] | None = None,
     ):
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="weir-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -242,6 +243,9 @@ class Stack:
         self.extra_clusters = extra_clusters or {}
         # HTTP filters (YAML list items) placed before Weir, after the JWT ones.
         self.front_filters = front_filters
+        # Variables for Envoy's environment only (not the bundle's): credentials a
+        # configuration names with `envoy_credential_env`.
+        self.envoy_env = envoy_env or {}
         self.audit_log = self.workdir / "audit.jsonl"
         self.filter_config = self.workdir / "weir-filter.json"
         self.upstream_filter_config = self.workdir / "weir-upstream-filter.json"
@@ -333,7 +337,8 @@ class Stack:
             "--component-log-level", "wasm:info",
             "--file-flush-interval-msec", str(self.flush_ms),
         ]
-        self.envoy = subprocess.Popen(args, stdout=open(self.envoy_log, "w"), stderr=subprocess.STDOUT)
+        self.envoy = subprocess.Popen(args, stdout=open(self.envoy_log, "w"), stderr=subprocess.STDOUT,
+                                      env={**os.environ, **self.envoy_env})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.envoy.poll() is not None:

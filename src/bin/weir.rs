@@ -171,8 +171,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Check { config } => {
-            print_warnings(&config, &resolve(&config)?);
-            let (config, gateway) = load(&config)?;
+            let resolved = resolve(&config)?;
+            print_warnings(&config, &resolved);
+            let gateway = compile(&resolved).map_err(|e| format!("{}: {e}", config.display()))?;
             println!(
                 "{}: ok ({} providers, {} tiers, {} keys)",
                 config.display(),
@@ -180,6 +181,13 @@ fn run(cli: Cli) -> Result<(), String> {
                 gateway.tiers.len(),
                 gateway.keys.len()
             );
+            let env_vars = resolved.envoy_credential_vars();
+            if !env_vars.is_empty() {
+                println!(
+                    "Envoy's environment must hold: {} (the filter reads them when it loads)",
+                    env_vars.join(", ")
+                );
+            }
             if let Some(policies) = &gateway.policies {
                 let policies = policies.borrow();
                 let interpreted = policies.interpreted();
@@ -232,9 +240,7 @@ fn run(cli: Cli) -> Result<(), String> {
         } => {
             let mut resolved = resolve(&config)?;
             print_warnings(&config, &resolved);
-            let gateway = resolved
-                .compile()
-                .map_err(|e| format!("{}: {e}", config.display()))?;
+            let gateway = compile(&resolved).map_err(|e| format!("{}: {e}", config.display()))?;
             // The filter runs policies as compiled VM programs (it has no Rego compiler);
             // the programs carry their sources, so the module texts are not shipped twice.
             if let (Some(p), Some(set)) = (resolved.policy.as_mut(), &gateway.policies) {
@@ -246,10 +252,17 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             let plugin_json = serde_json::to_string(&resolved).map_err(|e| e.to_string())?;
             let wasm = fs::canonicalize(&wasm).map_err(|e| format!("{}: {e}", wasm.display()))?;
-            let resource = ecds_resource(&name, "weir", &wasm, &plugin_json);
+            let env_vars = resolved.envoy_credential_vars();
+            let resource = ecds_resource(&name, "weir", &wasm, &plugin_json, &env_vars);
             write_atomically(&out, resource.as_bytes())?;
             if let Some(upstream_out) = &upstream_out {
-                let resource = ecds_resource("weir-upstream", "weir-upstream", &wasm, &plugin_json);
+                let resource = ecds_resource(
+                    "weir-upstream",
+                    "weir-upstream",
+                    &wasm,
+                    &plugin_json,
+                    &env_vars,
+                );
                 write_atomically(upstream_out, resource.as_bytes())?;
             }
             println!("{}: bundle written to {}", config.display(), out.display());
@@ -701,13 +714,16 @@ fn print_warnings(path: &Path, config: &Config) {
     }
 }
 
-/// Reads, resolves and compiles a configuration file.
-fn load(path: &Path) -> Result<(PathBuf, weir::config::Gateway), String> {
-    let config = resolve(path)?;
-    let gateway = config
-        .compile()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok((path.to_path_buf(), gateway))
+/// Compiles a resolved configuration as the filter will. Credentials that Envoy's
+/// environment holds (`envoy_credential_env`) are Envoy's to know: a stand-in takes their
+/// place here, and the configuration itself keeps only their names.
+fn compile(config: &Config) -> Result<weir::config::Gateway, weir::config::ConfigError> {
+    if config.envoy_credential_vars().is_empty() {
+        return config.compile();
+    }
+    let mut filled = config.clone();
+    filled.fill_envoy_credentials(|_| Some("from-envoys-environment".to_string()))?;
+    filled.compile()
 }
 
 /// Parses the TOML and fills in each provider's credential from its env var or file.
@@ -741,6 +757,21 @@ fn resolve(path: &Path) -> Result<Config, String> {
             continue;
         }
         let here = format!("{}: providers.{name}", path.display());
+        if provider.envoy_credential_env.is_some() {
+            // Envoy's environment holds it: the filter reads it there, the bundle names it.
+            if provider.credential_env.is_some() || provider.credential_file.is_some() {
+                return Err(format!(
+                    "{here}: envoy_credential_env and credential_env/credential_file: name one \
+                     source"
+                ));
+            }
+            if provider.credential.is_some() {
+                return Err(format!(
+                    "{here}.credential: credentials do not belong in the configuration file"
+                ));
+            }
+            continue;
+        }
         let secret = match (
             &provider.credential_env,
             &provider.credential_file,
@@ -777,7 +808,23 @@ fn resolve(path: &Path) -> Result<Config, String> {
 
 /// The ECDS resource: the Wasm HTTP filter with Weir's configuration as its plugin config.
 /// `root_id` `weir` is the main filter; `weir-upstream` the per-attempt upstream filter.
-fn ecds_resource(name: &str, root_id: &str, wasm: &Path, plugin_json: &str) -> String {
+/// `env_vars`: variables of Envoy's environment the VM may read (provider credentials):
+/// Envoy copies their values into the VM; the resource holds only the names.
+fn ecds_resource(
+    name: &str,
+    root_id: &str,
+    wasm: &Path,
+    plugin_json: &str,
+    env_vars: &[&str],
+) -> String {
+    let mut vm_config = json!({
+        "vm_id": root_id,
+        "runtime": "envoy.wasm.runtime.v8",
+        "code": {"local": {"filename": wasm.to_string_lossy()}}
+    });
+    if !env_vars.is_empty() {
+        vm_config["environment_variables"] = json!({ "host_env_keys": env_vars });
+    }
     let value = json!({
         "resources": [{
             "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
@@ -787,11 +834,7 @@ fn ecds_resource(name: &str, root_id: &str, wasm: &Path, plugin_json: &str) -> S
                 "config": {
                     "name": root_id,
                     "root_id": root_id,
-                    "vm_config": {
-                        "vm_id": root_id,
-                        "runtime": "envoy.wasm.runtime.v8",
-                        "code": {"local": {"filename": wasm.to_string_lossy()}}
-                    },
+                    "vm_config": vm_config,
                     "configuration": {
                         "@type": "type.googleapis.com/google.protobuf.StringValue",
                         "value": plugin_json

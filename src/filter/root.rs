@@ -28,6 +28,9 @@ impl RootContext for WeirRoot {
         // Wasm memory never shrinks: free the text before building the key index, so the
         // two are never held at once.
         drop(bytes);
+        // Credentials named by `envoy_credential_env` come from the VM's environment (WASI
+        // `environ_get`), which Envoy fills from its own for the names in `vm_config`.
+        let config = config.and_then(|mut c| c.fill_envoy_credentials(host::env_var).map(|()| c));
         match config.and_then(Config::into_gateway) {
             Ok(gateway) => {
                 log::info!(
