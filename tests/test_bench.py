@@ -59,6 +59,30 @@ def test_every_bench_scenario_runs_and_gets_the_answers_it_measures(built, tmp_p
     assert results["wasm_bytes"] > 0 and results["weir_ready_s"] > 0
 
 
+def test_a_row_whose_plain_envoy_moved_between_rounds_is_called_noisy():
+    """Plain Envoy does the same work every round: when its own rps moves more than 1.5x
+    between a row's rounds, the machine set the row's numbers, and the table says so (these
+    are the rounds of a real run on this machine: 3,236 -> 14,607, against a quiet run's
+    15,888 -> 21,711)."""
+    import bench  # tools/, on the path through conftest
+
+    assert bench.noisy_rounds([15888, 21711, 20264, 16870, 20584]) is None
+    assert bench.noisy_rounds([3236]) is None
+    noisy = bench.noisy_rounds([3236, 4186, 4071, 14607, 14519])
+    assert noisy == {"plain_rps_min": 3236, "plain_rps_max": 14607, "spread": 4.51}
+
+    def sample(plain: float, weir: float) -> dict:
+        result = {"rps": 0, "requests": 1, "p50_ms": 1.0, "p99_ms": 2.0, "first_byte_p50_ms": 1.0,
+                  "cpu_us_per_request": 50.0, "statuses": {"200": 1}, "errors": 0}
+        return {"plain": {**result, "rps": plain}, "weir": {**result, "rps": weir}}
+
+    steady = bench.summarise("buffered", 16, [sample(20000, 11000), sample(18000, 10000)])
+    shaky = bench.summarise("models", 16, [sample(3236, 4000), sample(14607, 9000)])
+    assert "noisy" not in steady and shaky["noisy"]["spread"] == 4.51
+    text = bench.table({"runs": [steady, shaky], "rounds": 2, "wasm_bytes": 1, "weir_ready_s": 1})
+    assert "Noisy rows" in text and "models at 16 (3236–14607 rps)" in text and "buffered at 16 (" not in text
+
+
 def test_the_floor_bench_runs_each_filter_as_it_stands(built, tmp_path):
     """`make bench-floor` in miniature: one short round. Each proxy is checked before it is
     measured (the shape filters set Weir's answer headers, the others do not), and every

@@ -472,6 +472,24 @@ def median_result(results: list[dict]) -> dict:
     return merged
 
 
+# Plain Envoy does the same work in every round, so its own rps should barely move between a
+# row's rounds. In a quiet window it moves by up to ~1.4x (three processes share two cores);
+# in a noisy one it moved 3,200 -> 14,600 and the medians ranked filters above plain Envoy.
+# Past this spread the machine, not the proxies, set the row's numbers.
+NOISY_SPREAD = 1.5
+
+
+def noisy_rounds(plain_rps: list[float]) -> dict | None:
+    """Plain Envoy's rps range across a row's rounds when its largest is more than
+    NOISY_SPREAD times its smallest; None for a steady row (or a single round)."""
+    if len(plain_rps) < 2 or min(plain_rps) <= 0:
+        return None
+    low, high = min(plain_rps), max(plain_rps)
+    if high / low <= NOISY_SPREAD:
+        return None
+    return {"plain_rps_min": round(low), "plain_rps_max": round(high), "spread": round(high / low, 2)}
+
+
 def summarise(scenario: str, connections: int, samples: list[dict]) -> dict:
     """A table row from a scenario's rounds: the medians, the ratios of the medians, and the
     spread of the per-round ratio and added CPU."""
@@ -494,6 +512,9 @@ def summarise(scenario: str, connections: int, samples: list[dict]) -> dict:
     added = [s["weir"]["cpu_us_per_request"] - s["plain"]["cpu_us_per_request"] for s in samples]
     row["rps_ratio_range"] = [round(min(ratios), 3), round(max(ratios), 3)] if ratios else None
     row["added_cpu_us_range"] = [round(min(added), 1), round(max(added), 1)]
+    noisy = noisy_rounds([s["plain"]["rps"] for s in samples])
+    if noisy:
+        row["noisy"] = noisy
     return row
 
 
@@ -521,6 +542,13 @@ def table(results: dict) -> str:
             f"{p['first_byte_p50_ms']:.3f} / {w['first_byte_p50_ms']:.3f} | "
             f"{p['cpu_us_per_request']:.0f} | {w['cpu_us_per_request']:.0f} | {added} |"
         )
+    noisy = [r for r in results["runs"] if r.get("noisy")]
+    if noisy:
+        lines.append("")
+        lines.append(f"Noisy rows (plain Envoy's own rps moved more than {NOISY_SPREAD}x between rounds: the "
+                     "machine set these numbers; run again): " + ", ".join(
+                         f"{r['scenario']} at {r['connections']} ({r['noisy']['plain_rps_min']}–"
+                         f"{r['noisy']['plain_rps_max']} rps)" for r in noisy))
     rss = results.get("rss_mb", {})
     lines.append("")
     lines.append(f"weir.wasm {results['wasm_bytes'] / 1e6:.2f} MB; Envoy with Weir ready in {results['weir_ready_s']} s; "

@@ -166,11 +166,15 @@ def main() -> int:
         row["rps_ratio"] = round(row["rps"] / plain["rps"], 2) if plain["rps"] else None
         row["added_cpu_us"] = round(row["cpu_us_per_request"] - plain["cpu_us_per_request"], 1)
         row["added_first_byte_ms"] = round(row["paced_first_byte_ms"] - plain["paced_first_byte_ms"], 3)
+    noisy = bench.noisy_rounds([s["buffered"]["rps"] for s in samples["plain"]])
     results = {"rounds": args.rounds, "seconds": args.seconds, "rows": rows, "unexpected": unexpected,
-               "samples": samples}
+               "noisy": noisy, "samples": samples}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(table(rows, args.rounds))
+    if noisy:
+        print(f"\nNoisy run: plain Envoy's own rps moved {noisy['plain_rps_min']}–{noisy['plain_rps_max']} between "
+              f"rounds (more than {bench.NOISY_SPREAD}x): the machine set these numbers; run again.")
     print(f"\nJSON: {args.out}")
     for line in unexpected:
         print(f"WARNING: {line}", file=sys.stderr)
