@@ -109,3 +109,8 @@ def test_the_floor_bench_runs_each_filter_as_it_stands(built, tmp_path):
         assert paced["first_byte_p50_ms"] < paced["p50_ms"] / 2, (proxy, paced)
     for proxy in proxies:
         assert f"| {proxy} |" in run.stdout
+    # Weir's own share, the difference of two rows of the same run.
+    rows = {r["proxy"]: r for r in results["rows"]}
+    assert results["weir_over_shape"]["added_cpu_us"] == round(
+        rows["weir"]["cpu_us_per_request"] - rows["shape-in-weir-config"]["cpu_us_per_request"], 1)
+    assert "Weir's own work (weir − shape-in-weir-config, same rounds):" in run.stdout

@@ -21,7 +21,8 @@ The filters are tools/floor-filter (one module; the plugin configuration names t
 Rounds alternate the proxies (`--rounds`, default 5) and the medians are reported: for each
 proxy `buffered` at 16 connections (requests per second, CPU per request) and the paced
 stream's first byte at one connection (`streamed-paced`, the streaming target's measure).
-Prints a Markdown table and writes target/bench/floor.json. A benchmark, not a test: it
+Prints a Markdown table, then Weir's own share (Weir less `shape-in-weir-config`, the part of
+the cost Weir's code decides), and writes target/bench/floor.json. A benchmark, not a test: it
 fails only when a proxy does not do what it stands for (every answer 200; the shape
 filters' headers on the answer).
 """
@@ -167,11 +168,22 @@ def main() -> int:
         row["added_cpu_us"] = round(row["cpu_us_per_request"] - plain["cpu_us_per_request"], 1)
         row["added_first_byte_ms"] = round(row["paced_first_byte_ms"] - plain["paced_first_byte_ms"], 3)
     noisy = bench.noisy_rounds([s["buffered"]["rps"] for s in samples["plain"]])
+    # What Weir's own work adds: Weir against a filter of its shape in its own Envoy
+    # configuration, in the same rounds (the part of the cost Weir's code decides).
+    by_proxy = {row["proxy"]: row for row in rows}
+    weir, shape = by_proxy["weir"], by_proxy["shape-in-weir-config"]
+    weir_over_shape = {
+        "added_cpu_us": round(weir["cpu_us_per_request"] - shape["cpu_us_per_request"], 1),
+        "added_first_byte_ms": round(weir["paced_first_byte_ms"] - shape["paced_first_byte_ms"], 3),
+    }
     results = {"rounds": args.rounds, "seconds": args.seconds, "rows": rows, "unexpected": unexpected,
-               "noisy": noisy, "samples": samples}
+               "noisy": noisy, "weir_over_shape": weir_over_shape, "samples": samples}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(table(rows, args.rounds))
+    print(f"\nWeir's own work (weir − shape-in-weir-config, same rounds): "
+          f"{weir_over_shape['added_cpu_us']:+} µs CPU per request, "
+          f"{weir_over_shape['added_first_byte_ms']:+.3f} ms paced first byte")
     if noisy:
         print(f"\nNoisy run: plain Envoy's own rps moved {noisy['plain_rps_min']}–{noisy['plain_rps_max']} between "
               f"rounds (more than {bench.NOISY_SPREAD}x): the machine set these numbers; run again.")
