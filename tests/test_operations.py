@@ -319,6 +319,64 @@ targets = [{ provider = "openai", model = "gpt-4.1-mini" }, { provider = "anthro
         lacking.stop()
 
 
+def test_moving_a_credential_between_the_bundle_and_envoys_environment_under_traffic_loses_nothing(built, tmp_path):
+    """Naming a credential in Envoy's environment changes the filter's `vm_config`, so Envoy
+    builds new VMs on the reload (a bundle-only change keeps them): requests in flight and
+    arriving meanwhile are all served, each with the right credential (the mock refuses a
+    wrong one)."""
+    import collections
+    import concurrent.futures
+    import threading
+
+    sample = devstack.sample_config_text()
+    bundled = tmp_path / "bundled.toml"
+    bundled.write_text(sample)
+    in_envoy = tmp_path / "in-envoy.toml"
+    in_envoy.write_text(sample.replace('credential_env = "OPENAI_API_KEY"',
+                                       'envoy_credential_env = "WEIR_TEST_ENVOY_OPENAI_KEY"'))
+    stack = devstack.Stack(tmp_path / "stack", config=bundled,
+                           envoy_env={"WEIR_TEST_ENVOY_OPENAI_KEY": devstack.MOCK_CREDENTIALS["OPENAI_API_KEY"]})
+    try:
+        stack.start()
+
+        def send(rid: str) -> int:
+            return httpx.post(stack.url + "/v1/chat/completions", timeout=30,
+                              json={"model": "fast", "messages": [{"role": "user", "content": "hi"}]},
+                              headers={"authorization": f"Bearer {DEMO_KEY}", "x-weir-request-id": rid}).status_code
+
+        def reloads() -> int:
+            stats = httpx.get(stack.admin + "/stats?format=json&filter=config_reload$", timeout=10).json()["stats"]
+            return sum(s["value"] for s in stats if s["name"].startswith("extension_config_discovery.http_filter.weir."))
+
+        done = threading.Event()
+
+        def traffic(n: int) -> list[int]:
+            statuses, i = [], 0
+            while not done.is_set():
+                statuses.append(send(f"moving-credential-{n}-{i}"))
+                i += 1
+            return statuses
+
+        before = reloads()
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(traffic, n) for n in range(8)]
+            time.sleep(0.3)
+            for i in range(4):
+                config = in_envoy if i % 2 == 0 else bundled
+                assert stack.bundle(config).returncode == 0
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline and reloads() < before + i + 1:
+                    time.sleep(0.02)
+                time.sleep(0.2)  # traffic on the new VMs
+            done.set()
+            statuses = [status for f in futures for status in f.result()]
+        assert reloads() == before + 4, "each bundle was taken"
+        assert len(statuses) > 16 and set(statuses) == {200}, collections.Counter(statuses)
+        assert "configuration rejected" not in stack.envoy_log.read_text()
+    finally:
+        stack.stop()
+
+
 def test_minimal_envoy_example_in_the_readme_is_valid(built, tmp_path):
     minimal = (ROOT / "envoy/minimal.yaml").read_text()
     assert minimal in (ROOT / "README.md").read_text(), "README must show envoy/minimal.yaml as it is"
